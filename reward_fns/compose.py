@@ -1,0 +1,416 @@
+"""Composition: sentence reward (eq. 2), batch credit (eq. 4, 5) and ``score_batch``.
+
+Two call patterns share this code (DESIGN.md sec. 1):
+
+* per sample (verl reward-loop worker): :func:`score_samples` with lists of one. It computes
+  every sentence-level component of the preset and the sentence reward WITHOUT diversity,
+  which needs the whole batch;
+* per batch (the RELATE trainer's advantage step): :func:`batch_credit` on the decoded
+  ``responses`` with their token offsets and group ids: G_high, the eq. 4 penalty (added to the
+  sentence reward when diversity is sentence-level: Models 3-4) and eq. 5's token penalty
+  (``relate``: blacklist and G_high tokens).
+
+:func:`score_batch` runs both for offline scoring and the CLI, so the numbers are the ones
+training sees.
+
+Sentence reward: ``sum_k w_k * c_k`` over the preset's sentence-level components with a value
+(``risk_judge`` has none without a judge). Ranges: length, format, relevance, correctness,
+risk_* in [0, 1]; ctcvr in (0, 1); diversity (eq. 4) in [floor, 0].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from relate_common.ad_format import ParsedAd, parse_ad
+from relate_common.records import AdRecord
+
+from reward_fns.attribution import (
+    batch_spans_to_token_mask,
+    pad_batch,
+    token_mask_to_spans,
+    token_penalty,
+)
+from reward_fns.config import COMPONENTS, RewardConfig, resolve_config
+from reward_fns.correctness import correctness_reward, offline_correctness
+from reward_fns.ctcvr import ctcvr_reward
+from reward_fns.diversity import (
+    CharArrays,
+    NgramStats,
+    batch_ngram_statistics,
+    content_token_mask,
+    ngram_keys,
+    prompt_text,
+    text_eligibility,
+)
+from reward_fns.format import format_reward
+from reward_fns.judge import JudgeClient, JudgeRequest, JudgeVerdict
+from reward_fns.length import length_reward
+from reward_fns.relevance import EncoderPool, relevance_scores
+from reward_fns.risk import RiskHit, find_blacklist_hits, is_compliant, risk_blacklist_reward, risk_judge_reward
+from reward_fns.types import ComponentScore, Span, Trigger
+
+# ---- context ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewardContext:
+    """What scoring needs besides the texts: config, encoders, judge, tokenizer (built once)."""
+
+    cfg: RewardConfig
+    encoders: EncoderPool
+    judge: JudgeClient | None = None
+    tokenizer: Any | None = None  # counts tokens for length when offsets are not given
+
+    @classmethod
+    def build(
+        cls,
+        config: RewardConfig | str | dict | None = None,
+        *,
+        tokenizer: Any | None = None,
+        encoders: Mapping[str, Any] | None = None,
+        judge: JudgeClient | None | str = "auto",
+    ) -> "RewardContext":
+        """``encoders``: {spec: ready TextEncoder} overrides; ``judge``: a client, None, or 'auto'
+        (from config / environment, only when correctness or risk asks for it)."""
+        cfg = resolve_config(config)
+        if judge == "auto":
+            judge = JudgeClient.from_config(cfg.judge) if (cfg.correctness.use_judge or cfg.risk.use_judge) else None
+        return cls(cfg=cfg, encoders=EncoderPool(cfg.relevance, encoders), judge=judge, tokenizer=tokenizer)
+
+    def count_tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            raise ValueError("length in tokens needs offsets or a tokenizer in the RewardContext")
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# ---- per sample ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleScore:
+    """Sentence-level scoring of one response."""
+
+    response: str
+    parsed: ParsedAd
+    components: dict[str, ComponentScore]
+    sentence_reward: float  # sum of weighted sentence-level components (no batch diversity)
+    risk_hits: list[RiskHit] = field(default_factory=list)
+    compliant: bool = True
+    judge: JudgeVerdict | None = None
+
+    def values(self) -> dict[str, float | None]:
+        """{component: value or None}, every component name present."""
+        return {c: (self.components[c].value if c in self.components else None) for c in COMPONENTS}
+
+    def extra_info(self) -> dict[str, float]:
+        """Float scalars only (NaN = not computed), as verl stacks reward_extra_info with np.array."""
+        out = {f"reward_{c}": (float("nan") if v is None else float(v)) for c, v in self.values().items()}
+        out["compliant"] = float(self.compliant)
+        out["judge_failed"] = float(self.judge is not None and self.judge.failed)
+        return out
+
+
+def _wanted(cfg: RewardConfig, compute: str | Sequence[str]) -> set[str]:
+    if compute == "active":
+        return set(cfg.active_components())
+    if compute == "all":
+        return set(COMPONENTS)
+    return set(compute)
+
+
+def sentence_reward(values: Mapping[str, float | None], cfg: RewardConfig) -> float:
+    """Eq. 2's f: weighted sum over the preset's sentence-level components that have a value."""
+    total = 0.0
+    for c in cfg.sentence_components():
+        v = values.get(c)
+        if v is not None:
+            total += cfg.weights[c] * float(v)
+    return float(total)
+
+
+def _as_record(r: AdRecord | Mapping[str, Any]) -> AdRecord:
+    if isinstance(r, AdRecord):
+        return r
+    from relate_common.records import parse_record
+
+    return parse_record(dict(r))
+
+
+def score_samples(
+    records: Sequence[AdRecord | Mapping[str, Any]],
+    responses: Sequence[str],
+    ctx: RewardContext,
+    *,
+    offsets: Sequence[np.ndarray | None] | None = None,
+    predicted_ctcvr: Sequence[float] | np.ndarray | None = None,
+    reference_ctcvr: Sequence[float | None] | np.ndarray | None = None,
+    compute: str | Sequence[str] = "active",
+    verdicts: Sequence[JudgeVerdict | None] | None = None,
+) -> list[SampleScore]:
+    """Sentence-level components and reward of each response (diversity excluded: batch-level).
+
+    records / responses: N each; offsets: per response (L_i, 2) token spans or None (length in
+    tokens then re-tokenises via ``ctx.tokenizer``); predicted_ctcvr / reference_ctcvr: (N,),
+    required when the preset weights ctcvr (the reward manager gets them from ctcvr_model's
+    scorer); compute: 'active' (the preset's components), 'all' (metrics), or a list of names;
+    verdicts: judge verdicts obtained by the caller (an async reward manager awaits
+    ``JudgeClient.ajudge``), else ``ctx.judge`` is asked when the config uses it.
+    CTCVR is skipped, not invented, when no prediction is given and the preset does not need it.
+    """
+    cfg = ctx.cfg
+    recs = [_as_record(r) for r in records]
+    if len(recs) != len(responses):
+        raise ValueError(f"{len(recs)} records but {len(responses)} responses")
+    wanted = _wanted(cfg, compute)
+    n = len(recs)
+    parsed = [parse_ad(r) for r in responses]
+    comps: list[dict[str, ComponentScore]] = [{} for _ in range(n)]
+
+    if "ctcvr" in wanted:
+        if predicted_ctcvr is None:
+            if "ctcvr" in cfg.weights:
+                raise ValueError(f"preset '{cfg.preset}' weights ctcvr: pass predicted_ctcvr (and reference_ctcvr)")
+        else:
+            refs = list(reference_ctcvr) if reference_ctcvr is not None else [None] * n
+            for i in range(n):
+                comps[i]["ctcvr"] = ctcvr_reward(float(predicted_ctcvr[i]), refs[i], cfg.ctcvr)
+
+    for i in range(n):
+        if "length" in wanted:
+            off = offsets[i] if offsets is not None else None
+            comps[i]["length"] = length_reward(parsed[i], recs[i].language, cfg.length, off, ctx.count_tokens)
+        if "format" in wanted:
+            comps[i]["format"] = format_reward(responses[i], parsed[i], recs[i].selling_points, cfg.format)
+
+    if "relevance" in wanted:
+        for i, rel in enumerate(relevance_scores(recs, parsed, ctx.encoders, cfg.relevance)):
+            comps[i]["relevance"] = rel
+
+    needs_judge = ("correctness" in wanted and cfg.correctness.use_judge) or ("risk_judge" in wanted and cfg.risk.use_judge)
+    if verdicts is not None:
+        verdicts = list(verdicts)
+        if len(verdicts) != n:
+            raise ValueError(f"{len(verdicts)} verdicts for {n} responses")
+    elif needs_judge and ctx.judge is not None:
+        verdicts = list(ctx.judge.judge_many([JudgeRequest.from_record(r, p) for r, p in zip(recs, parsed)]))
+    else:
+        verdicts = [None] * n
+
+    hits_all: list[list[RiskHit]] = [[] for _ in range(n)]
+    for i in range(n):
+        v = verdicts[i]
+        if "correctness" in wanted:
+            corr = offline_correctness(responses[i], parsed[i], recs[i], cfg.correctness)
+            if v is not None and cfg.correctness.use_judge:
+                jt = [Trigger("judge_failed", v.error or "")] if v.failed else [Trigger("judge_issue", x[:200]) for x in v.issues]
+                corr = correctness_reward(corr, v.score, cfg.correctness, jt)
+            comps[i]["correctness"] = corr
+        hits_all[i] = find_blacklist_hits(responses[i], cfg.risk)
+        if "risk_blacklist" in wanted:
+            comps[i]["risk_blacklist"] = risk_blacklist_reward(hits_all[i], cfg.risk)
+        if "risk_judge" in wanted and v is not None and cfg.risk.use_judge:
+            comps[i]["risk_judge"] = risk_judge_reward(v.compliant, v.issues, v.failed, cfg.judge.neutral_score)
+
+    out = []
+    for i in range(n):
+        values = {c: s.value for c, s in comps[i].items()}
+        v = verdicts[i]
+        judge_compliant = v.compliant if (v is not None and cfg.risk.use_judge and not v.failed) else None
+        out.append(
+            SampleScore(
+                response=responses[i],
+                parsed=parsed[i],
+                components=comps[i],
+                sentence_reward=sentence_reward(values, cfg),
+                risk_hits=hits_all[i],
+                compliant=is_compliant(hits_all[i], judge_compliant),
+                judge=v,
+            )
+        )
+    return out
+
+
+# ---- per batch ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchCredit:
+    """Batch-level consequences: diversity statistics, sentence diversity term, token penalty."""
+
+    stats: NgramStats
+    diversity_penalty: np.ndarray  # (B,) eq. 4, in [floor, 0]
+    sentence_diversity: np.ndarray  # (B,) w_div * penalty when diversity is sentence-level, else 0
+    blacklist_mask: np.ndarray  # (B, L) bool, tokens in blacklisted spans
+    token_penalty: np.ndarray  # (B, L) float32, eq. 5 over the preset's token-level components
+    mask: np.ndarray  # (B, L) bool, tokens inside each response
+    blacklist_spans: list[list[Span]]
+    diversity_spans: list[list[Span]]  # character spans of G_high occurrences per response
+
+
+def _prompt_fields(p: AdRecord | Mapping[str, Any]) -> str:
+    if isinstance(p, AdRecord):
+        return prompt_text(p.query, p.bidword, p.selling_points)
+    sp = p.get("selling_points") or []
+    if isinstance(sp, str):
+        sp = [s for s in sp.split("|") if s.strip()]
+    return prompt_text(str(p.get("query", "")), str(p.get("bidword", "")), list(sp))
+
+
+def batch_credit(
+    responses: Sequence[str],
+    token_ids: Sequence[Sequence[int]] | np.ndarray,
+    offsets: Sequence[Sequence[Sequence[int]]] | np.ndarray,
+    group_ids: Sequence[Hashable],
+    prompts: Sequence[AdRecord | Mapping[str, Any]] | None,
+    config: RewardConfig | str | dict | None = None,
+    response_mask: np.ndarray | None = None,
+    parsed: Sequence[ParsedAd] | None = None,
+) -> BatchCredit:
+    """Batch n-gram statistics + span attribution over generated token ids (trainer side).
+
+    responses: B decoded texts; token_ids: (B, L) padded or ragged; offsets: (B, L, 2) or ragged
+    (L_i, 2) character spans of each token in its text (attribution.decode_with_offsets gives both
+    text and offsets for generated ids); group_ids: (B,) prompt / uid of each response;
+    prompts: per response the record (or a mapping with query, bidword, selling_points) whose
+    fields may be copied without counting as a template (None: no copy filter);
+    response_mask: (B, L) valid tokens of a padded batch.
+    """
+    cfg = resolve_config(config)
+    ids, off, mask = pad_batch(token_ids, offsets, response_mask)
+    B, L = ids.shape
+    if len(responses) != B:
+        raise ValueError(f"{len(responses)} responses but {B} token rows")
+    parsed = list(parsed) if parsed is not None else [parse_ad(r) for r in responses]
+    chars = CharArrays.build(responses, off)
+    valid = content_token_mask(responses, parsed, off, mask, chars)
+    D = cfg.diversity
+    _, oks = ngram_keys(ids, valid, D.n_min, D.n_max)
+    ptexts = [_prompt_fields(p) for p in prompts] if prompts is not None else None
+    eligible = text_eligibility(responses, off, oks, ptexts, D, chars)
+    stats = batch_ngram_statistics(ids, list(group_ids), D, valid=valid, eligible=eligible)
+    penalty = stats.penalty(D)
+    div_sentence = "diversity" in cfg.weights and not cfg.is_token_level("diversity")
+    sentence_div = cfg.weights.get("diversity", 0.0) * penalty if div_sentence else np.zeros(B)
+
+    bl_spans = [[h.span for h in find_blacklist_hits(r, cfg.risk)] for r in responses]
+    bl_mask = batch_spans_to_token_mask(bl_spans, off, mask)
+    use_bl = "risk_blacklist" in cfg.weights and cfg.is_token_level("risk_blacklist")
+    use_div = "diversity" in cfg.weights and cfg.is_token_level("diversity")
+    r_token = token_penalty(
+        bl_mask if use_bl else None, stats.token_mask if use_div else None, cfg.credit.lambda1, cfg.credit.lambda2, (B, L)
+    )
+    div_spans = [token_mask_to_spans(stats.token_mask[b], off[b], responses[b]) for b in range(B)]
+    return BatchCredit(
+        stats=stats,
+        diversity_penalty=penalty,
+        sentence_diversity=np.asarray(sentence_div, dtype=np.float64),
+        blacklist_mask=bl_mask,
+        token_penalty=r_token,
+        mask=mask,
+        blacklist_spans=bl_spans,
+        diversity_spans=div_spans,
+    )
+
+
+# ---- both: score_batch --------------------------------------------------------------------------
+
+
+@dataclass
+class ScoredResponse:
+    """Everything about one response: reward, components, triggers, token penalty, spans."""
+
+    sentence_reward: float
+    components: dict[str, ComponentScore]
+    compliant: bool
+    diversity_score: float  # eq. 12's normalised r_div in [0, 1]
+    token_penalty: np.ndarray | None  # (L_i,) float32 for presets with token-level components
+    penalised_spans: list[dict[str, Any]]  # {"span": [a, b], "source": "blacklist"|"diversity", ...}
+    parsed: ParsedAd
+
+    def values(self) -> dict[str, float | None]:
+        return {c: (self.components[c].value if c in self.components else None) for c in COMPONENTS}
+
+    def to_dict(self, with_triggers: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"sentence_reward": self.sentence_reward, "components": self.values()}
+        out["diversity_score"] = self.diversity_score
+        out["compliant"] = self.compliant
+        if with_triggers:
+            out["triggers"] = {c: [t.to_dict() for t in s.triggers] for c, s in self.components.items() if s.triggers}
+        out["penalised_spans"] = self.penalised_spans
+        if self.token_penalty is not None:
+            out["token_penalty"] = [round(float(x), 6) for x in self.token_penalty]
+        return out
+
+
+@dataclass
+class BatchScores:
+    responses: list[ScoredResponse]
+    credit: BatchCredit
+    samples: list[SampleScore]
+
+
+def score_batch(
+    records: Sequence[AdRecord | Mapping[str, Any]],
+    responses: Sequence[str],
+    token_ids: Sequence[Sequence[int]] | np.ndarray,
+    offsets: Sequence[Sequence[Sequence[int]]] | np.ndarray,
+    config: RewardConfig | str | dict | None = None,
+    group_ids: Sequence[Hashable] | None = None,
+    predicted_ctcvr: Sequence[float] | np.ndarray | None = None,
+    reference_ctcvr: Sequence[float | None] | np.ndarray | None = None,
+    *,
+    ctx: RewardContext | None = None,
+    response_mask: np.ndarray | None = None,
+    compute: str | Sequence[str] = "active",
+) -> BatchScores:
+    """Score a batch exactly as training does: per-sample components + batch credit.
+
+    Shapes: N records / responses; token_ids (N, L) padded (with response_mask) or ragged;
+    offsets (N, L, 2) or ragged (L_i, 2); group_ids (N,), default each record's id (so the G
+    responses of one record form one group). Returns per response the sentence reward (with the
+    sentence-level diversity term for Models 3-4), every component, the compliance flag, the
+    normalised diversity score and, for presets with token-level components, r_token (eq. 5).
+    """
+    ctx = ctx or RewardContext.build(config)
+    cfg = ctx.cfg
+    recs = [_as_record(r) for r in records]
+    groups = list(group_ids) if group_ids is not None else [r.id for r in recs]
+    ids, off, mask = pad_batch(token_ids, offsets, response_mask)
+    row_offsets = [off[b][mask[b]] for b in range(len(recs))]  # (L_i, 2) tokens inside each response
+    samples = score_samples(
+        recs, responses, ctx, offsets=row_offsets,
+        predicted_ctcvr=predicted_ctcvr, reference_ctcvr=reference_ctcvr, compute=compute,
+    )
+    credit = batch_credit(responses, ids, off, groups, recs, cfg, response_mask=mask, parsed=[s.parsed for s in samples])
+    wanted = _wanted(cfg, compute)
+    has_token_level = bool(cfg.token_level) and any(c in cfg.weights for c in cfg.token_level)
+    out = []
+    for b, s in enumerate(samples):
+        comps = dict(s.components)
+        if "diversity" in wanted:
+            trig = [Trigger("high_freq_ngram", responses[b][a:e][:40], (a, e)) for a, e in credit.diversity_spans[b]]
+            comps["diversity"] = ComponentScore(
+                "diversity", float(credit.diversity_penalty[b]), trig,
+                {"count": int(credit.stats.count[b]), "score": round(float(credit.stats.diversity_score[b]), 6)},
+            )
+        spans = [{"span": [a, e], "source": "blacklist", "category": h.category, "text": h.text}
+                 for h in s.risk_hits for a, e in [h.span]]
+        spans += [{"span": [a, e], "source": "diversity", "text": responses[b][a:e]} for a, e in credit.diversity_spans[b]]
+        spans.sort(key=lambda d: (d["span"][0], d["source"]))
+        r_tok = credit.token_penalty[b][mask[b]] if has_token_level else None
+        out.append(
+            ScoredResponse(
+                sentence_reward=float(s.sentence_reward + credit.sentence_diversity[b]),
+                components=comps,
+                compliant=s.compliant,
+                diversity_score=float(credit.stats.diversity_score[b]),
+                token_penalty=r_tok,
+                penalised_spans=spans,
+                parsed=s.parsed,
+            )
+        )
+    return BatchScores(responses=out, credit=credit, samples=samples)

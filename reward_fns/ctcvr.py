@@ -1,0 +1,68 @@
+"""CTCVR reward: the reward side of the CTCVR scorer (the model itself is ctcvr_model's).
+
+Predicted CTCVR is a tiny probability (around 1e-3 .. 1e-2) whose scale depends on the industry
+and the query, so it is normalised per record against the record's reference ad::
+
+    ctcvr_reward = 0.5 + 0.5 * tanh(log(pred / ref) / scale)        range (0, 1)
+
+0.5 at parity, above 0.5 for a lift, symmetric in the log-ratio (a 2x lift and a 2x drop are
+equally far from 0.5) and bounded, so one outlier prediction of the learned scorer cannot
+dominate a group (the paper's reward is only as good as the scorer; bounding it limits how far
+the policy can exploit the scorer's errors).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from reward_fns.config import CTCVRConfig
+from reward_fns.types import ComponentScore, Trigger
+
+
+def log_ratio(pred: np.ndarray | float, ref: np.ndarray | float, eps: float) -> np.ndarray:
+    """log(pred / ref) with both clipped to [eps, 1]; any shape (broadcast)."""
+    p = np.clip(np.asarray(pred, dtype=np.float64), eps, 1.0)
+    r = np.clip(np.asarray(ref, dtype=np.float64), eps, 1.0)
+    return np.log(p) - np.log(r)
+
+
+def ctcvr_reward_values(pred: np.ndarray | float, ref: np.ndarray | float, cfg: CTCVRConfig) -> np.ndarray:
+    """Vectorised mapping (N,) -> (N,) in (0, 1); NaN predictions map to 0.5 (no information)."""
+    p = np.asarray(pred, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    out = 0.5 + 0.5 * np.tanh(log_ratio(np.nan_to_num(p, nan=1.0), np.nan_to_num(r, nan=1.0), cfg.eps) / cfg.scale)
+    return np.where(np.isnan(p) | np.isnan(r), 0.5, out)
+
+
+def ctcvr_reward(pred: float, ref: float | None, cfg: CTCVRConfig) -> ComponentScore:
+    """CTCVR component for one response (see module docstring)."""
+    if ref is None:
+        if cfg.fallback_reference is None:
+            raise ValueError(
+                "ctcvr reward needs the record's reference-ad CTCVR (or relate.ctcvr.fallback_reference)"
+            )
+        ref = cfg.fallback_reference
+    value = float(ctcvr_reward_values(pred, ref, cfg))
+    lr = float(log_ratio(pred, ref, cfg.eps))
+    triggers = [Trigger("below_reference", f"pred {pred:.3g} < ref {ref:.3g}")] if lr < 0 else []
+    return ComponentScore("ctcvr", round(value, 6), triggers, {"pred": float(pred), "ref": float(ref), "log_ratio": round(lr, 6)})
+
+
+def load_ctcvr_scorer(model_dir: str) -> Any | None:
+    """ctcvr_model's ``CTCVRScorer.load(model_dir)`` when that package provides it, else None.
+
+    Looked up by name at call time so that this package does not depend on the model being
+    written yet; the caller reports CTCVR as n/a when None comes back.
+    """
+    for module in ("ctcvr_model", "ctcvr_model.scorer"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        cls = getattr(mod, "CTCVRScorer", None)
+        if cls is not None and hasattr(cls, "load"):
+            return cls.load(model_dir)
+    return None

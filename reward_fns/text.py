@@ -1,0 +1,131 @@
+"""Text helpers shared by the components: length-preserving normalisation and span utilities.
+
+The risk lexicon, the claim checker and the diversity copy filter all match on normalised text
+(full-width -> half-width, case folded) but must report spans in the ORIGINAL response. A
+normalisation that keeps one output character per input character makes both the same thing:
+an index into the normalised string is an index into the original.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+from relate_common.ad_format import ParsedAd
+
+from reward_fns.types import Span
+
+
+_ASCII_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@lru_cache(maxsize=65536)
+def _norm_char(ch: str) -> str:
+    """One character -> one character: NFKC (full/half width, compatibility forms), lower case.
+
+    A character whose NFKC or lower-case form has several characters ('ﬁ' -> 'fi', 'İ' -> 'i̇')
+    keeps its single-character step or itself, so the length never changes. Control and format
+    characters become a space so that they separate words instead of gluing them together.
+    """
+    if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t":
+        return " "
+    n = unicodedata.normalize("NFKC", ch)
+    if len(n) != 1:
+        n = ch
+    low = n.lower()
+    return low if len(low) == 1 else n
+
+
+@lru_cache(maxsize=8192)
+def normalize_chars(text: str) -> str:
+    """Normalise ``text`` character by character; ``len(result) == len(text)`` always.
+
+    Cached: one response is normalised by the risk, claim and diversity code alike.
+    """
+    if text.isascii():  # fast path, same result as the per-character one
+        return _ASCII_CTRL_RE.sub(" ", text.lower())
+    return "".join(_norm_char(c) for c in text)
+
+
+def content_spans(parsed: ParsedAd) -> list[Span]:
+    """The title and description spans that exist (non-empty), in response order."""
+    spans = []
+    if "missing_title" not in parsed.problems and parsed.title_span[1] > parsed.title_span[0]:
+        spans.append(parsed.title_span)
+    if "missing_description" not in parsed.problems and parsed.description_span[1] > parsed.description_span[0]:
+        spans.append(parsed.description_span)
+    return sorted(spans)
+
+
+def label_spans(response: str, parsed: ParsedAd) -> list[Span]:
+    """Character spans of the field labels ("Title: ", "标题：") of the lines parse_ad matched.
+
+    parse_ad reports where the field TEXT starts; the label is the rest of that line before it.
+    Labels are fixed by the format, so they are never content (diversity must not call the
+    label every response shares a "template").
+    """
+    out = []
+    for name, span in (("title", parsed.title_span), ("description", parsed.description_span)):
+        if f"missing_{name}" in parsed.problems:
+            continue
+        line_start = response.rfind("\n", 0, span[0]) + 1
+        if span[0] > line_start:
+            out.append((line_start, span[0]))
+    return out
+
+
+def ad_text(parsed: ParsedAd) -> str:
+    """Title and description as one string, the text an encoder or a judge sees."""
+    return " ".join(t for t in (parsed.title.strip(), parsed.description.strip()) if t)
+
+
+_WS_RE = re.compile(r"\s+")
+
+
+def squash_spaces(text: str) -> str:
+    """Collapse whitespace runs to one space and strip (for display and prompts, not spans)."""
+    return _WS_RE.sub(" ", text).strip()
+
+
+def merge_spans(spans: list[Span]) -> list[Span]:
+    """Union of half-open spans as a sorted list of disjoint spans (touching spans merge)."""
+    out: list[list[int]] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def term_regex(term: str) -> str:
+    """Regex source matching the literal ``term`` in NORMALISED text.
+
+    Word boundaries are enforced at ends that are ASCII letters or digits ("best" must not match
+    "bestow"; Chinese has no word boundaries, so CJK ends match anywhere). Spaces and hyphens
+    inside the term match any run of spaces or hyphens ("risk free" matches "risk-free").
+    """
+    norm = normalize_chars(term.strip())
+    parts = [re.escape(p) for p in re.split(r"[\s\-]+", norm) if p]
+    body = r"[\s\-]+".join(parts)
+    if norm[:1].isascii() and norm[:1].isalnum():
+        body = r"(?<![a-z0-9])" + body
+    if norm[-1:].isascii() and norm[-1:].isalnum():
+        body = body + r"(?![a-z0-9])"
+    return body
+
+
+def literal_alternation(terms: list[str]) -> re.Pattern[str] | None:
+    """One regex matching any of ``terms`` (via :func:`term_regex`) in normalised text.
+
+    Longest terms first, so "稳赚不赔" wins over "稳赚". Python's ``re`` tries every alternative at
+    every position; a lookahead on the possible first characters lets it skip the positions
+    where no term can start (about 3x faster on ad-sized texts).
+    """
+    terms = sorted({t.strip() for t in terms if t and t.strip()}, key=len, reverse=True)
+    if not terms:
+        return None
+    first = sorted({normalize_chars(t)[0] for t in terms})
+    body = "|".join(term_regex(t) for t in terms)
+    return re.compile(f"(?=[{''.join(re.escape(c) for c in first)}])(?:{body})")
