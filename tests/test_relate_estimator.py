@@ -43,6 +43,9 @@ def test_matches_hand_computed_eq_9():
     torch.testing.assert_close(adv, expected)
     assert torch.equal(adv, ret)
     assert adv[1, 3] == 0.0 and adv[4, 1:].abs().sum() == 0.0  # padding stays zero
+    # verl keeps response_mask as int64: the fractional penalties must survive it
+    adv_int, _ = relate_advantage(rewards, mask.long(), index, token_penalty=penalty, alpha=0.5, sentence_estimator="grpo")
+    torch.testing.assert_close(adv_int, expected)
 
 
 @pytest.mark.parametrize("sentence_estimator", ["grpo", "grpo_vectorized"])
@@ -71,12 +74,14 @@ def _data(rewards, mask, index):
 def test_through_verl_compute_advantage_with_handover_and_norm_flag_from_config():
     rewards, mask, index, penalty = hand_batch()
     config = OmegaConf.create({"norm_adv_by_std_in_grpo": False})
-    with pending_token_penalty(penalty, alpha=0.5, sentence_estimator="grpo"):
+    with pending_token_penalty(penalty, alpha=0.5, sentence_estimator="grpo") as credit:
         out = compute_advantage(_data(rewards, mask, index), adv_estimator="relate", config=config)
     expected, _ = relate_advantage(rewards, mask, index, token_penalty=penalty, alpha=0.5,
                                    sentence_estimator="grpo", norm_adv_by_std_in_grpo=False)
     torch.testing.assert_close(out.batch["advantages"], expected)
     assert expected[0, 0] == pytest.approx(-1.0)  # Dr.GRPO: mean-centred, not std-scaled
+    # sum |A_sentence| = 1*4 tokens + 0*2 + 1*3 = 7; sum |alpha r_token| = 0.5 + 0.25 + 0.25 (padding excluded)
+    assert credit.token_share == pytest.approx(1.0 / (7.0 + 1.0))
 
 
 def test_plain_verl_without_token_penalties_fails_clearly():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,20 +39,33 @@ class MissingTokenPenaltyError(RuntimeError):
     """The relate estimator was called without the token penalties of this batch."""
 
 
+@dataclass
+class TokenCredit:
+    """What the trainer hands to the estimator, and what the estimator reports back."""
+
+    token_penalty: torch.Tensor  # (bs, response_length) r_token of eq. 5
+    alpha: float
+    sentence_estimator: str = "grpo_vectorized"
+    # Filled by relate_advantage: share of sum |A| over response tokens that came from alpha * r_token.
+    token_share: float | None = None
+
+
 @contextlib.contextmanager
-def pending_token_penalty(token_penalty: torch.Tensor, alpha: float, sentence_estimator: str = "grpo_vectorized") -> Iterator[None]:
+def pending_token_penalty(token_penalty: torch.Tensor, alpha: float, sentence_estimator: str = "grpo_vectorized") -> Iterator[TokenCredit]:
     """Make ``token_penalty`` (bs, response_length) available to the next ``relate_advantage`` call
-    in this thread; it is consumed by that call and cleared on exit either way."""
+    in this thread; it is consumed by that call and cleared on exit either way. Yields the
+    hand-over, whose ``token_share`` the estimator fills in."""
     if sentence_estimator not in SENTENCE_ESTIMATORS:
         raise ValueError(f"relate.sentence_estimator must be one of {SENTENCE_ESTIMATORS}, got {sentence_estimator!r}")
-    _handover.value = (token_penalty, float(alpha), sentence_estimator)
+    credit = TokenCredit(token_penalty, float(alpha), sentence_estimator)
+    _handover.value = credit
     try:
-        yield
+        yield credit
     finally:
         _handover.value = None
 
 
-def _take_handover() -> tuple[torch.Tensor, float, str]:
+def _take_handover() -> TokenCredit:
     value = getattr(_handover, "value", None)
     if value is None:
         raise MissingTokenPenaltyError(
@@ -74,7 +88,9 @@ def token_advantage(token_penalty: torch.Tensor, response_mask: torch.Tensor, al
     Returns:
         (bs, response_length) float tensor.
     """
-    return alpha * token_penalty.to(response_mask.dtype) * response_mask
+    # response_mask may be an integer tensor (verl stores it as int64): never cast the penalty to it.
+    dtype = token_penalty.dtype if token_penalty.is_floating_point() else torch.float32
+    return alpha * token_penalty.to(dtype) * response_mask.to(dtype)
 
 
 @register_adv_est(RELATE_ADV_ESTIMATOR)
@@ -107,8 +123,10 @@ def relate_advantage(
     Returns:
         advantages, returns: (bs, response_length) each (equal, as in verl's GRPO).
     """
+    credit = None
     if token_penalty is None:
-        token_penalty, alpha, sentence_estimator = _take_handover()
+        credit = _take_handover()
+        token_penalty, alpha, sentence_estimator = credit.token_penalty, credit.alpha, credit.sentence_estimator
     if alpha is None:
         raise ValueError("relate_advantage: alpha is required when token_penalty is given directly")
     if token_penalty.shape != response_mask.shape:
@@ -120,5 +138,9 @@ def relate_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index,
         epsilon=epsilon, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config,
     )
-    advantages = sentence_adv + token_advantage(token_penalty, response_mask, alpha)
+    token_adv = token_advantage(token_penalty, response_mask, alpha)
+    advantages = sentence_adv + token_adv
+    if credit is not None:
+        total = float(sentence_adv.abs().sum() + token_adv.abs().sum())
+        credit.token_share = float(token_adv.abs().sum()) / total if total > 0 else 0.0
     return advantages, advantages

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Paper Table 2, RELATE: the paper setup with only the reward preset changed (see run_relate_qwen3_8b.sh).
+PRESET=relate exec bash "$(dirname "${BASH_SOURCE[0]}")/../run_relate_qwen3_8b.sh" "$@"

@@ -1,0 +1,70 @@
+"""The Hydra ``relate:`` section: the reward config (``reward_fns.RewardConfig``: preset, weights,
+alpha, lambda1, lambda2, Delta_d, ...) plus the few keys only the verl recipe needs.
+
+    relate:
+      preset: relate              # model1 | model2 | model3 | model4 | relate  (paper Table 2)
+      credit: {alpha: 1.0}        # any RewardConfig field, merged over the preset
+      ctcvr_model_dir: /models/ctcvr
+      sentence_estimator: grpo_vectorized
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from reward_fns import RewardConfig
+
+from recipe.relate.relate_core_algos import SENTENCE_ESTIMATORS
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Recipe-only keys of the ``relate:`` section (everything else is the reward config)."""
+
+    # ctcvr_model directory (python -m ctcvr_model.train); required when the preset weights ctcvr.
+    ctcvr_model_dir: str | None = None
+    # verl GRPO used for eq. 8: grpo_vectorized is verl's fast path; grpo the reference loop.
+    sentence_estimator: str = "grpo_vectorized"
+    # Micro-batcher of the CTCVR scorer in each reward worker: verl scores one sample per call.
+    scorer_max_batch_size: int = 64
+    scorer_max_wait_ms: float = 5.0
+    # Compose and validate the config, print it, and exit without starting Ray (CPU-checkable).
+    dry_run: bool = False
+
+
+RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(RecipeConfig))
+
+
+def to_plain(section: Any) -> dict[str, Any]:
+    """A Hydra/OmegaConf node or a mapping as a plain dict."""
+    if section is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(section, DictConfig):
+            return OmegaConf.to_container(section, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf ships with verl
+        pass
+    return dict(section)
+
+
+def split_relate_section(section: Any) -> tuple[RecipeConfig, RewardConfig]:
+    """Split the ``relate:`` section into recipe keys and a validated ``RewardConfig``.
+
+    Raises ``reward_fns.ConfigError`` (naming the key) on unknown or invalid values and
+    ``ValueError`` when the preset needs a CTCVR model and none is configured.
+    """
+    data = to_plain(section)
+    recipe = RecipeConfig(**{k: data.pop(k) for k in RECIPE_KEYS if k in data})
+    reward = RewardConfig.from_dict(data)
+    if recipe.sentence_estimator not in SENTENCE_ESTIMATORS:
+        raise ValueError(f"relate.sentence_estimator must be one of {SENTENCE_ESTIMATORS}, got {recipe.sentence_estimator!r}")
+    if "ctcvr" in reward.weights and not recipe.ctcvr_model_dir:
+        raise ValueError(
+            f"relate.preset={reward.preset} rewards CTCVR: set relate.ctcvr_model_dir to a model trained with "
+            "`python -m ctcvr_model.train` (or use preset model1, which has no CTCVR reward)"
+        )
+    return recipe, reward

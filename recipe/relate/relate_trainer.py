@@ -1,0 +1,120 @@
+"""The RELATE trainer: verl's v1 sync trainer plus RELATE's batch-level credit assignment.
+
+Only ``_compute_advantage`` changes. Before verl's own advantage step it reads the generated
+``responses`` (and each sample's record) from TransferQueue, decodes them with character
+offsets, and computes through ``reward_fns.batch_credit`` the batch n-gram statistics (G_high,
+eq. 4) and blacklist spans mapped to tokens (eq. 5). Then, depending on the preset:
+
+* sentence-level diversity (Models 3-4): the eq. 4 penalty is added to each response's sentence
+  reward (``rm_scores`` on its last token, written back to TransferQueue), so verl's score
+  metrics and GRPO see the same r_i;
+* token level (RELATE): the r_token matrix is handed to the ``relate`` estimator, which returns
+  A = A_sentence + alpha * r_token (eq. 7-9).
+
+verl's KL-in-reward, rollout correction and write-back of the advantages are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+import transfer_queue as tq
+from tensordict import TensorDict
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from reward_fns import batch_credit, decode_with_offsets
+
+from recipe.relate.relate_config import split_relate_section
+from recipe.relate.relate_core_algos import RELATE_ADV_ESTIMATOR, pending_token_penalty
+
+RELATE_TRAINER = "relate"
+_FIELDS = ["uid", "responses", "response_mask", "rm_scores", "reward_model", "extra_fields"]
+
+
+def component_means(extra_fields: list[Any]) -> dict[str, float]:
+    """Batch mean of every ``reward_*`` value the reward manager returned (NaN = not computed)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for extra in extra_fields:
+        info = extra.get("reward_extra_info", {}) if isinstance(extra, dict) else {}
+        for key, value in info.items():
+            if key.startswith("reward_") and value is not None and not math.isnan(float(value)):
+                values[key[len("reward_"):]].append(float(value))
+    return {f"relate/reward/{k}": float(np.mean(v)) for k, v in sorted(values.items())}
+
+
+def add_at_last_token(scores: torch.Tensor, lengths: torch.Tensor, delta: np.ndarray) -> torch.Tensor:
+    """``scores`` (bs, L) with ``delta`` (bs,) added on each response's last token."""
+    out = scores.clone()
+    rows = torch.arange(out.size(0))
+    out[rows, lengths - 1] += torch.as_tensor(delta, dtype=out.dtype)
+    return out
+
+
+@register_trainer(RELATE_TRAINER)
+class RelateTrainer(PPOTrainerSync):
+    """verl's sync trainer with RELATE's batch-level rewards and token-level credit assignment."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.algorithm.adv_estimator != RELATE_ADV_ESTIMATOR:
+            raise ValueError(
+                f"trainer.v1.trainer_mode=relate needs algorithm.adv_estimator=relate, got "
+                f"{config.algorithm.adv_estimator!r} (the RELATE trainer computes token penalties for that estimator)"
+            )
+        self.recipe_config, self.reward_config = split_relate_section(config.get("relate"))
+
+    def relate_credit(self, batch) -> tuple[Any, dict[str, Any]]:
+        """Batch credit (``reward_fns.BatchCredit``) of the responses in ``batch`` and what it read."""
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_FIELDS)
+        lengths = data["responses"].offsets().diff()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        responses = data["responses"].to_padded_tensor(padding=pad)
+        mask = data["response_mask"].to_padded_tensor(padding=0).bool()
+        ids = [responses[i, : lengths[i]].tolist() for i in range(len(lengths))]
+        decoded = [decode_with_offsets(self.tokenizer, row) for row in ids]
+        records = [dict(rm["ground_truth"]) for rm in list(data["reward_model"])]
+        # Non-tensor fields come back as a list-like whose type depends on the TQ backend; list()
+        # normalises them (as verl does for raw_prompt).
+        uids = list(data["uid"])
+        credit = batch_credit(
+            [text for text, _ in decoded], ids, [off for _, off in decoded], uids, records,
+            self.reward_config, response_mask=mask.numpy(),
+        )
+        read = {"lengths": lengths, "response_mask": data["response_mask"], "rm_scores": data["rm_scores"],
+                "extra_fields": list(data["extra_fields"]) if "extra_fields" in data.keys() else [],
+                "width": responses.size(1)}
+        return credit, read
+
+    def _compute_advantage(self, batch, metrics: dict):
+        credit, read = self.relate_credit(batch)
+        lengths = read["lengths"]
+        if np.any(credit.sentence_diversity != 0):  # Models 3-4: eq. 4 joins the sentence reward
+            rm = read["rm_scores"].to_padded_tensor(padding=0.0)
+            rm = add_at_last_token(rm, lengths, credit.sentence_diversity)
+            nested = torch.nested.as_nested_tensor([rm[i, : lengths[i]] for i in range(len(lengths))], layout=torch.jagged)
+            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                            fields=TensorDict({"rm_scores": nested}, batch_size=len(batch.keys)))
+        penalty = torch.zeros(len(lengths), read["width"], dtype=torch.float32)
+        width = min(read["width"], credit.token_penalty.shape[1])
+        penalty[:, :width] = torch.from_numpy(np.ascontiguousarray(credit.token_penalty[:, :width], dtype=np.float32))
+        with pending_token_penalty(penalty, self.reward_config.credit.alpha, self.recipe_config.sentence_estimator) as handover:
+            batch = super()._compute_advantage(batch, metrics)
+        metrics.update(self.relate_metrics(credit, handover.token_share, read["extra_fields"]))
+        return batch
+
+    @staticmethod
+    def relate_metrics(credit, token_share: float | None, extra_fields: list[Any]) -> dict[str, float]:
+        """Training metrics verl does not log: components, |G_high|, penalised tokens, token share."""
+        out = component_means(extra_fields)
+        out["relate/g_high_size"] = float(len(credit.stats.high_freq_ngrams))
+        out["relate/diversity_score/mean"] = float(np.mean(credit.stats.diversity_score))
+        out["relate/diversity_penalty/mean"] = float(np.mean(credit.diversity_penalty))
+        out["relate/penalised_tokens/blacklist"] = float(credit.blacklist_mask.sum(axis=1).mean())
+        out["relate/penalised_tokens/diversity"] = float(credit.stats.token_mask.sum(axis=1).mean())
+        out["relate/token_advantage_share"] = float(token_share or 0.0)
+        return out
