@@ -1,0 +1,89 @@
+"""Score generated ads with a trained CTCVR model.
+
+    python -m ctcvr_model.score --model-dir models/ctcvr --input gen.jsonl --output scored.jsonl
+
+Each input line is a JSON object with ``query``, ``bidword``, ``selling_points`` (list of strings,
+or one '|'-separated string), ``title`` and ``description``; every other key is copied through.
+Each output line is the input object plus ``p_ctr`` and ``p_ctcvr`` (and ``p_cvr`` with --with-cvr).
+A malformed line stops the run with an error naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ctcvr_model.features import check_item
+from ctcvr_model.scorer import CTCVRScorer
+from ctcvr_model.schema import CTCVRError, ItemError
+
+
+def read_items(path: str | Path) -> list[dict[str, Any]]:
+    """Parse and validate a JSONL file of items; ItemError names the (1-based) line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ItemError(0, None, "no such file", source=str(path))
+    items = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ItemError(line_no, None, f"not valid JSON ({e.msg} at column {e.colno})", source=str(path)) from None
+            check_item(obj, line_no, source=str(path))
+            items.append(obj)
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ctcvr_model.score",
+        description="Add p_ctr and p_ctcvr (predicted by a trained CTCVR model) to every row of a JSONL file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model-dir", required=True, help="directory written by `python -m ctcvr_model.train`")
+    p.add_argument("--input", required=True, help="JSONL rows with query, bidword, selling_points, title, description")
+    p.add_argument("--output", required=True, help="JSONL to write (input rows plus p_ctr, p_ctcvr)")
+    p.add_argument("--model", default=None, choices=("esmm", "naive", "logreg"), help="sub-model to score with (default: esmm)")
+    p.add_argument("--batch-size", type=int, default=256, help="items per scoring call")
+    p.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (optional)")
+    p.add_argument("--with-cvr", action="store_true", help="also write p_cvr")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        items = read_items(args.input)
+        scorer = CTCVRScorer.load(args.model_dir, device=args.device, model=args.model, cache_dir=args.cache_dir)
+        out_path = Path(args.output)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for start in tqdm(range(0, len(items), args.batch_size), desc="score", disable=args.quiet):
+                chunk = items[start : start + args.batch_size]
+                pred = scorer.predict(chunk)
+                for i, item in enumerate(chunk):
+                    row = dict(item, p_ctr=float(pred["p_ctr"][i]), p_ctcvr=float(pred["p_ctcvr"][i]))
+                    if args.with_cvr:
+                        row["p_cvr"] = float(pred["p_cvr"][i])
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(out_path)  # never leave a half-written output behind
+    except CTCVRError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"scored {len(items)} rows -> {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Train the ESMM CTCVR model and its two baselines on a CTCVR table.
+
+    python -m ctcvr_model.train --table DIR/train.parquet --val DIR/val.parquet \
+        --encoder use-multilingual --output-dir models/ctcvr
+
+Steps: read and validate both tables -> merge identical (query, ad) rows into weighted rows ->
+encode each distinct text once with the frozen encoder -> fit the feature standardisation on the
+training rows -> train ESMM, the naive CVR baseline and logistic regression in turn, each with
+early stopping on its own validation CTCVR AUC (the best epoch's weights are kept) -> write
+model.safetensors, config.json and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ctcvr_model.checkpoint import METRICS_FILE, SavedModel, save_model, write_json
+from ctcvr_model.data import LabelledRows, aggregate_rows, encode_table, predict_rows
+from ctcvr_model.encoders import DEFAULT_ENCODER, load_encoder, maybe_cached
+from ctcvr_model.features import FEATURE_PRESETS, FeatureConfig, feature_moments, feature_preset, gather_batch
+from ctcvr_model.losses import esmm_loss, logreg_loss, naive_loss
+from ctcvr_model.metrics import finite_or_none, weighted_auc, weighted_logloss
+from ctcvr_model.model import MODEL_NAMES, CTCVRNet, ModelConfig, default_device
+from ctcvr_model.schema import CTCVRError, read_table
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting in one place (saved in config.json "training")."""
+
+    encoder: str = DEFAULT_ENCODER
+    device: str | None = None  # None: CUDA when available, else CPU
+    seed: int = 0
+    models: tuple[str, ...] = MODEL_NAMES  # which sub-models to train (ESMM first)
+    aggregate: bool = True  # merge identical (query, ad) rows into weighted rows before training
+    batch_size: int = 512
+    lr: float = 1e-3  # AdamW, MLPs
+    weight_decay: float = 1e-4
+    logreg_lr: float = 1e-2  # a linear model tolerates (and needs) a larger step
+    logreg_weight_decay: float = 1e-3  # few positives: keeps the "full" presets' 2.5k weights in check
+    max_epochs: int = 40
+    patience: int = 6  # epochs without a better validation CTCVR AUC before stopping
+    encode_batch_size: int = 64
+    cache_dir: str | None = None  # embedding cache (CachedEncoder); None disables it
+    progress: bool = True  # tqdm bars
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        self.models = tuple(self.models)
+        unknown = [m for m in self.models if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; choose from {MODEL_NAMES}")
+
+
+def compute_loss(name: str, out: dict[str, torch.Tensor], click: torch.Tensor, ctcvr: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The training loss of sub-model ``name`` for one batch (all tensors (B,))."""
+    if name == "esmm":
+        return esmm_loss(out["logit_ctr"], out["logit_cvr"], click, ctcvr, weight)
+    if name == "naive":
+        return naive_loss(out["logit_ctr"], out["logit_cvr"], click, ctcvr, weight)
+    return logreg_loss(out["logit_ctr"], out["logit_ctcvr"], click, ctcvr, weight)
+
+
+def validation_metrics(net: CTCVRNet, name: str, val: LabelledRows, device: torch.device) -> dict[str, float]:
+    """CTR / CTCVR AUC and log loss of sub-model ``name`` on the validation rows."""
+    pred = predict_rows(net, val.rows, model=name, device=device)
+    return {
+        "ctcvr_auc": weighted_auc(val.ctcvr, pred["p_ctcvr"], val.weight),
+        "ctr_auc": weighted_auc(val.click, pred["p_ctr"], val.weight),
+        "ctcvr_logloss": weighted_logloss(val.ctcvr, pred["p_ctcvr"], val.weight),
+        "ctr_logloss": weighted_logloss(val.click, pred["p_ctr"], val.weight),
+    }
+
+
+def _head_state(net: CTCVRNet, name: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.head(name).state_dict().items()}
+
+
+def train_head(
+    net: CTCVRNet, name: str, train: LabelledRows, val: LabelledRows, cfg: TrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """Train sub-model ``name`` of ``net`` in place with early stopping; return its history.
+
+    The best epoch (highest validation CTCVR AUC) is restored at the end. Only that head's
+    parameters are optimised; the feature standardisation is fixed.
+    """
+    head = net.head(name)
+    lr, wd = (cfg.logreg_lr, cfg.logreg_weight_decay) if name == "logreg" else (cfg.lr, cfg.weight_decay)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
+    rng = np.random.default_rng(cfg.seed)
+    emb = torch.from_numpy(train.rows.emb).to(device)
+    click = torch.from_numpy(train.click).to(device)
+    ctcvr = torch.from_numpy(train.ctcvr).to(device)
+    weight = torch.from_numpy(train.weight).to(device)
+    n = len(train)
+    best_auc, best_epoch, best_state, since_best = -math.inf, -1, _head_state(net, name), 0
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    epochs = tqdm(range(cfg.max_epochs), desc=f"train {name}", disable=not cfg.progress, leave=True)
+    for epoch in epochs:
+        net.train()
+        order = rng.permutation(n)
+        total, total_w = 0.0, 0.0
+        batches = range(0, n, cfg.batch_size)
+        for start in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress):
+            batch = order[start : start + cfg.batch_size]
+            x_slots, extra = gather_batch(train.rows, emb, batch)
+            idx = torch.from_numpy(batch).to(device)
+            out = net(x_slots, extra, model=name)
+            losses = compute_loss(name, out, click[idx], ctcvr[idx], weight[idx])
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            bw = float(weight[idx].sum())
+            total += float(losses["loss"].detach()) * bw
+            total_w += bw
+        val_m = validation_metrics(net, name, val, device)
+        record = {"epoch": epoch, "train_loss": total / max(total_w, 1e-12), **{f"val_{k}": v for k, v in val_m.items()}}
+        history.append(record)
+        auc = val_m["ctcvr_auc"]
+        # NaN (no validation conversions) never counts as an improvement; the last state is kept then.
+        if not math.isnan(auc) and auc > best_auc + 1e-5:
+            best_auc, best_epoch, best_state, since_best = auc, epoch, _head_state(net, name), 0
+        else:
+            since_best += 1
+        epochs.set_postfix(loss=f"{record['train_loss']:.4f}", val_ctcvr_auc=f"{auc:.4f}", best=f"{best_auc:.4f}")
+        if since_best >= cfg.patience:
+            break
+    if best_epoch >= 0:
+        head.load_state_dict(best_state)
+    final = validation_metrics(net, name, val, device)
+    return {
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seconds": time.perf_counter() - t0,
+        "val": {k: finite_or_none(v) for k, v in final.items()},
+        "history": [{k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for r in history],
+    }
+
+
+def _table_summary(df_raw, df_used) -> dict[str, Any]:
+    w = df_raw["weight"]
+    return {
+        "rows": int(len(df_raw)),
+        "rows_after_aggregation": int(len(df_used)),
+        "impressions": float(w.sum()),
+        "clicks": float((w * df_raw["click"]).sum()),
+        "conversions": float((w * df_raw["conversion"]).sum()),
+    }
+
+
+def train(train_path: str | Path, val_path: str | Path, output_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Run the whole training (see module docstring); returns the metrics written to metrics.json."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = default_device(cfg.device)
+    t_start = time.perf_counter()
+    train_raw, val_raw = read_table(train_path), read_table(val_path)
+    train_df = aggregate_rows(train_raw) if cfg.aggregate else train_raw
+    val_df = aggregate_rows(val_raw) if cfg.aggregate else val_raw
+
+    t0 = time.perf_counter()
+    encoder = maybe_cached(load_encoder(cfg.encoder, device=str(device) if device.type == "cuda" else None), cfg.cache_dir)
+    load_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_rows = encode_table(train_df, encoder, cfg.features, cfg.encode_batch_size)
+    val_rows = encode_table(val_df, encoder, cfg.features, cfg.encode_batch_size)
+    encode_seconds = time.perf_counter() - t0
+
+    net = CTCVRNet(encoder.dim, cfg.features, cfg.model).to(device)
+    mean, std = feature_moments(train_rows.rows, cfg.features, seed=cfg.seed)
+    net.set_moments(torch.from_numpy(mean), torch.from_numpy(std))
+    w = train_rows.weight.astype(np.float64)
+    clicks, convs = float((w * train_rows.click).sum()), float((w * train_rows.ctcvr).sum())
+    net.init_output_biases(p_ctr=clicks / w.sum(), p_cvr=convs / max(clicks, 1.0), p_ctcvr=convs / w.sum())
+
+    results: dict[str, Any] = {}
+    for name in cfg.models:
+        torch.manual_seed(cfg.seed)
+        results[name] = train_head(net, name, train_rows, val_rows, cfg, device)
+
+    training = {k: v for k, v in asdict(cfg).items() if k not in ("features", "model")}
+    training.update(trained_models=list(cfg.models), train_table=str(train_path), val_table=str(val_path))
+    saved = SavedModel(encoder_name=encoder.name, emb_dim=encoder.dim, features=cfg.features, model=cfg.model, training=training)
+    save_model(output_dir, net.cpu(), saved)
+    metrics = {
+        "encoder": {"name": encoder.name, "dim": encoder.dim, "load_seconds": load_seconds},
+        "data": {
+            "train": _table_summary(train_raw, train_df),
+            "val": _table_summary(val_raw, val_df),
+            "unique_texts_train": int(train_rows.rows.emb.shape[0]),
+            "unique_texts_val": int(val_rows.rows.emb.shape[0]),
+            "encode_seconds": encode_seconds,
+        },
+        "device": str(device),
+        "models": results,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    write_json(Path(output_dir) / METRICS_FILE, metrics)
+    return metrics
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not dims or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return dims
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m ctcvr_model.train",
+        description="Train the ESMM CTR/CTCVR model (and the naive-CVR and logistic-regression baselines) "
+        "over frozen sentence embeddings of query, ad metadata and ad text.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--table", required=True, help="training table (parquet/csv/jsonl in the CTCVR table schema)")
+    p.add_argument("--val", required=True, help="validation table, used for early stopping on CTCVR AUC")
+    p.add_argument("--output-dir", required=True, help="where model.safetensors, config.json, metrics.json go")
+    p.add_argument("--encoder", default=d.encoder, help="'use-multilingual' (zh+en), 'minilm' (English only), or a sentence-transformers path/name")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (speeds up re-runs); off when omitted")
+    p.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--models", default=",".join(d.models), help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
+    p.add_argument("--epochs", type=int, default=d.max_epochs, help="maximum epochs per model")
+    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the MLPs")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--bottom-dims", type=_dims, default=d.model.bottom_dims, help="shared-bottom hidden sizes, e.g. 256,128")
+    p.add_argument("--tower-dims", type=_dims, default=d.model.tower_dims, help="tower hidden sizes, e.g. 64")
+    p.add_argument("--dropout", type=float, default=d.model.dropout)
+    p.add_argument("--features", choices=sorted(FEATURE_PRESETS), default=d.features.name,
+                   help="feature construction preset: compact = cosines of query/metadata/ad embeddings + lexical "
+                   "features (best below ~1M impressions); full = also the embeddings and their products; "
+                   "embedding = full without lexical features (the paper's form)")
+    p.add_argument("--lexical", action=argparse.BooleanOptionalAction, default=None,
+                   help="override whether the preset adds term-overlap and length features")
+    p.add_argument("--aggregate", action=argparse.BooleanOptionalAction, default=d.aggregate,
+                   help="merge identical (query, ad) rows into weighted rows (same losses, faster)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        encoder=args.encoder,
+        device=args.device,
+        seed=args.seed,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        aggregate=args.aggregate,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        max_epochs=args.epochs,
+        patience=args.patience,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+        features=feature_preset(args.features, **({} if args.lexical is None else {"lexical": args.lexical})),
+        model=ModelConfig(bottom_dims=args.bottom_dims, tower_dims=args.tower_dims, dropout=args.dropout),
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        metrics = train(args.table, args.val, args.output_dir, cfg)
+    except (CTCVRError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    summary = {name: r["val"] for name, r in metrics["models"].items()}
+    print(json.dumps({"output_dir": str(args.output_dir), "validation": summary}, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
