@@ -25,3 +25,19 @@ def tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory):
+    """The real data pipeline at small scale on the bundled records: RL dataset, 20k simulated
+    impressions, CTCVR tables and a CTCVR model trained for a few epochs (~30 s)."""
+    from ctcvr_model import train as ctcvr_train
+    from data_prep import build_ctcvr_table, build_dataset, simulate_logs
+
+    root = tmp_path_factory.mktemp("pipeline")
+    build_dataset.main(["--output-dir", str(root / "dataset")])
+    simulate_logs.main(["--output", str(root / "logs.parquet"), "--impressions", "20000", "--seed", "0"])
+    build_ctcvr_table.main(["--logs", str(root / "logs.parquet"), "--output-dir", str(root / "tables")])
+    ctcvr_train.main(["--table", str(root / "tables" / "train.parquet"), "--val", str(root / "tables" / "val.parquet"),
+                      "--output-dir", str(root / "ctcvr_model"), "--epochs", "3", "--quiet"])
+    return root

@@ -1,0 +1,150 @@
+"""RelateRewardManager through verl's own loader, on a DataProto built with the real tokenizer from
+a parquet row produced by data_prep and read by verl's RLHFDataset."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from relate_common.ad_format import render_ad
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _config(preset: str, tokenizer_dir, ctcvr_dir=None, prepare: bool = True):
+    from hydra import compose, initialize_config_dir
+
+    from recipe.relate.main_relate import prepare_config
+
+    overrides = [f"relate.preset={preset}", f"actor_rollout_ref.model.path={tokenizer_dir}"]
+    if ctcvr_dir is not None:
+        overrides.append(f"relate.ctcvr_model_dir={ctcvr_dir}")
+    with initialize_config_dir(config_dir=str(REPO / "recipe/relate/config"), version_base=None):
+        config = compose(config_name="relate_trainer", overrides=overrides)
+    return prepare_config(config) if prepare else config
+
+
+@pytest.fixture(scope="module")
+def rows(pipeline_dir, tokenizer):
+    """Items of verl's RLHFDataset over our val.parquet."""
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    config = OmegaConf.create({"max_prompt_length": 4096, "filter_overlong_prompts": False,
+                               "cache_dir": str(pipeline_dir / "verl-cache")})
+    dataset = RLHFDataset(str(pipeline_dir / "dataset" / "val.parquet"), tokenizer, config)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def data_proto(item, response_text: str, tokenizer, response_width: int = 160):
+    """One sample as verl's reward loop hands it to run_single: prompts | responses, attention mask."""
+    from verl import DataProto
+
+    prompt_ids = tokenizer.apply_chat_template(item["raw_prompt"], add_generation_prompt=True, tokenize=True)
+    if hasattr(prompt_ids, "keys"):
+        prompt_ids = prompt_ids["input_ids"]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"] + [eos]
+    assert len(response_ids) <= response_width
+    pad = tokenizer.pad_token_id or 0
+    responses = torch.full((1, response_width), pad, dtype=torch.long)
+    responses[0, : len(response_ids)] = torch.tensor(response_ids)
+    prompts = torch.tensor([prompt_ids])
+    attention = torch.cat([torch.ones_like(prompts), (torch.arange(response_width) < len(response_ids)).long()[None]], dim=1)
+    non_tensors = {k: np.array([item[k]], dtype=object) for k in ("reward_model", "extra_info", "data_source")}
+    return DataProto.from_dict(tensors={"prompts": prompts, "responses": responses, "attention_mask": attention},
+                               non_tensors=non_tensors)
+
+
+@pytest.fixture(scope="module")
+def manager(pipeline_dir, tokenizer_dir, tokenizer):
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from recipe.relate.reward_manager import RelateRewardManager
+
+    RelateRewardManager._class_initialized = False  # fresh class state for this config
+    mgr = load_reward_manager(_config("relate", tokenizer_dir, pipeline_dir / "ctcvr_model"), tokenizer)
+    assert type(mgr) is RelateRewardManager
+    return mgr
+
+
+def run(mgr, data):
+    return mgr.loop.run_until_complete(mgr.run_single(data))
+
+
+def test_run_single_matches_the_reward_fns_code_path(manager, rows, tokenizer, pipeline_dir):
+    from ctcvr_model.scorer import CTCVRScorer
+    from relate_common.ad_format import parse_ad
+    from reward_fns import RewardContext, decode_with_offsets, score_samples
+
+    from recipe.relate.reward_manager import record_from_ground_truth, scorer_item
+
+    item = rows[0]
+    record = record_from_ground_truth(item["reward_model"]["ground_truth"])
+    text = render_ad(record.title, record.description, record.language)
+    out = run(manager, data_proto(item, text, tokenizer))
+
+    # Independently: the same text scored by reward_fns with the scorer's batch API.
+    scorer = CTCVRScorer.load(pipeline_dir / "ctcvr_model", device="cpu")
+    parsed = parse_ad(text)
+    _, (pred, ref) = scorer.score([scorer_item(record, parsed.title, parsed.description),
+                                   scorer_item(record, record.title, record.description)])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    decoded, offsets = decode_with_offsets(tokenizer, ids)
+    assert decoded == text
+    expected = score_samples([record], [text], RewardContext.build(manager.reward_config, tokenizer=tokenizer),
+                             offsets=[offsets], predicted_ctcvr=[pred], reference_ctcvr=[ref])[0]
+    assert out["reward_score"] == pytest.approx(expected.sentence_reward, abs=1e-6)
+    extra = out["reward_extra_info"]
+    assert all(isinstance(v, float) for v in extra.values())  # verl stacks them with np.array
+    assert extra["reward_ctcvr"] == pytest.approx(0.5, abs=1e-6)  # the reference ad against itself
+    assert extra["predicted_ctcvr"] == pytest.approx(pred, rel=1e-6)
+    assert extra["reward_format"] == 1.0 and extra["reward_length"] > 0
+    assert math.isnan(extra["reward_diversity"])  # batch-level: the trainer's job
+
+
+def test_concurrent_calls_agree_with_sequential_ones(manager, rows, tokenizer):
+    import asyncio
+
+    from recipe.relate.reward_manager import record_from_ground_truth
+
+    datas = []
+    for item in rows[:8]:
+        rec = record_from_ground_truth(item["reward_model"]["ground_truth"])
+        datas.append(data_proto(item, render_ad(rec.title, rec.description, rec.language), tokenizer))
+    sequential = [run(manager, d)["reward_score"] for d in datas]
+    concurrent = manager.loop.run_until_complete(asyncio.gather(*(manager.run_single(d) for d in datas)))
+    # equal up to the encoder's float noise across batch compositions (~1e-7 relative)
+    assert [c["reward_score"] for c in concurrent] == pytest.approx(sequential, abs=1e-5)
+
+
+def test_blacklisted_and_malformed_responses_score_lower(manager, rows, tokenizer):
+    from recipe.relate.reward_manager import record_from_ground_truth
+
+    item = next(r for r in rows if r["reward_model"]["ground_truth"]["language"] == "en")
+    rec = record_from_ground_truth(item["reward_model"]["ground_truth"])
+    clean = run(manager, data_proto(item, render_ad(rec.title, rec.description, "en"), tokenizer))
+    risky = run(manager, data_proto(item, render_ad("The Best " + rec.title, rec.description + " Guaranteed results.", "en"), tokenizer))
+    broken = run(manager, data_proto(item, "Sure! Here is an ad: " + rec.title, tokenizer))
+    empty = run(manager, data_proto(item, "", tokenizer))
+    assert risky["reward_extra_info"]["compliant"] == 0.0 and clean["reward_extra_info"]["compliant"] == 1.0
+    assert risky["reward_extra_info"]["reward_risk_blacklist"] < 1.0
+    assert broken["reward_score"] < clean["reward_score"] and empty["reward_score"] < clean["reward_score"]
+    assert broken["reward_extra_info"]["reward_format"] < 1.0
+
+
+def test_presets_with_ctcvr_need_a_model_dir(tokenizer_dir, tokenizer):
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from recipe.relate.reward_manager import RelateRewardManager
+
+    RelateRewardManager._class_initialized = False
+    try:
+        with pytest.raises(ValueError, match="relate.ctcvr_model_dir"):
+            load_reward_manager(_config("model2", tokenizer_dir, prepare=False), tokenizer)
+    finally:
+        RelateRewardManager._class_initialized = False
