@@ -81,7 +81,7 @@ def test_run_single_matches_the_reward_fns_code_path(manager, rows, tokenizer, p
     from relate_common.ad_format import parse_ad
     from reward_fns import RewardContext, decode_with_offsets, score_samples
 
-    from recipe.relate.reward_manager import record_from_ground_truth, scorer_item
+    from recipe.relate.scoring import record_from_ground_truth, scorer_item
 
     item = rows[0]
     record = record_from_ground_truth(item["reward_model"]["ground_truth"])
@@ -110,7 +110,7 @@ def test_run_single_matches_the_reward_fns_code_path(manager, rows, tokenizer, p
 def test_concurrent_calls_agree_with_sequential_ones(manager, rows, tokenizer):
     import asyncio
 
-    from recipe.relate.reward_manager import record_from_ground_truth
+    from recipe.relate.scoring import record_from_ground_truth
 
     datas = []
     for item in rows[:8]:
@@ -123,7 +123,7 @@ def test_concurrent_calls_agree_with_sequential_ones(manager, rows, tokenizer):
 
 
 def test_blacklisted_and_malformed_responses_score_lower(manager, rows, tokenizer):
-    from recipe.relate.reward_manager import record_from_ground_truth
+    from recipe.relate.scoring import record_from_ground_truth
 
     item = next(r for r in rows if r["reward_model"]["ground_truth"]["language"] == "en")
     rec = record_from_ground_truth(item["reward_model"]["ground_truth"])

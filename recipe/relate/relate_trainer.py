@@ -27,10 +27,9 @@ from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from reward_fns import batch_credit, decode_with_offsets
-
 from recipe.relate.relate_config import split_relate_section
 from recipe.relate.relate_core_algos import RELATE_ADV_ESTIMATOR, pending_token_penalty
+from recipe.relate.scoring import token_credit
 
 RELATE_TRAINER = "relate"
 _FIELDS = ["uid", "responses", "response_mask", "rm_scores", "reward_model", "extra_fields"]
@@ -76,15 +75,11 @@ class RelateTrainer(PPOTrainerSync):
         responses = data["responses"].to_padded_tensor(padding=pad)
         mask = data["response_mask"].to_padded_tensor(padding=0).bool()
         ids = [responses[i, : lengths[i]].tolist() for i in range(len(lengths))]
-        decoded = [decode_with_offsets(self.tokenizer, row) for row in ids]
         records = [dict(rm["ground_truth"]) for rm in list(data["reward_model"])]
         # Non-tensor fields come back as a list-like whose type depends on the TQ backend; list()
         # normalises them (as verl does for raw_prompt).
         uids = list(data["uid"])
-        credit = batch_credit(
-            [text for text, _ in decoded], ids, [off for _, off in decoded], uids, records,
-            self.reward_config, response_mask=mask.numpy(),
-        )
+        credit = token_credit(self.tokenizer, ids, uids, records, self.reward_config, response_mask=mask.numpy())
         read = {"lengths": lengths, "response_mask": data["response_mask"], "rm_scores": data["rm_scores"],
                 "extra_fields": list(data["extra_fields"]) if "extra_fields" in data.keys() else [],
                 "width": responses.size(1)}

@@ -1,0 +1,126 @@
+"""The two RELATE scoring steps shared by the verl run and local mode (no second implementation).
+
+* ``SentenceScorer``: the sentence-level reward of responses given as token ids (decode with
+  offsets, CTCVR prediction for the response and the record's reference ad, optional LLM judge,
+  ``reward_fns.score_samples``). verl's reward manager calls ``score_one`` once per sample
+  (asynchronously, CTCVR micro-batched across concurrent calls); local mode calls ``score_many``.
+* ``token_credit``: the batch-level step (``reward_fns.batch_credit``) on generated token ids:
+  G_high statistics, sentence-level diversity for Models 3-4, r_token for RELATE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from relate_common.ad_format import parse_ad
+from relate_common.records import AdRecord, parse_record
+from reward_fns import BatchCredit, RewardConfig, RewardContext, batch_credit, decode_with_offsets, score_samples
+from reward_fns.judge import JudgeRequest
+
+from recipe.relate.relate_config import RecipeConfig
+
+
+def record_from_ground_truth(ground_truth: Any, index: Any = None) -> AdRecord:
+    """The ``AdRecord`` that ``data_prep.build_dataset`` stored in ``reward_model.ground_truth``."""
+    if isinstance(ground_truth, AdRecord):
+        return ground_truth
+    if not hasattr(ground_truth, "keys"):
+        raise TypeError(
+            f"reward_model.ground_truth of sample {index} is {type(ground_truth).__name__}, expected the record "
+            "mapping written by data_prep/build_dataset.py"
+        )
+    raw = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in dict(ground_truth).items()}
+    return parse_record(raw, source="reward_model.ground_truth", row=index if isinstance(index, int) else 0)
+
+
+def scorer_item(record: AdRecord, title: str, description: str) -> dict[str, Any]:
+    """What ``ctcvr_model``'s scorer reads for one (query, ad) pair."""
+    return {"query": record.query, "bidword": record.bidword, "selling_points": record.selling_points,
+            "industry": record.industry, "title": title, "description": description}
+
+
+class SentenceScorer:
+    """Sentence-level RELATE reward (paper eq. 2); heavy state is built once."""
+
+    def __init__(self, recipe: RecipeConfig, reward: RewardConfig, tokenizer: Any):
+        self.recipe, self.reward, self.tokenizer = recipe, reward, tokenizer
+        self.context = RewardContext.build(reward, tokenizer=tokenizer)
+        self.ctcvr = None
+        self._batcher = None
+        if "ctcvr" in reward.weights:
+            from ctcvr_model.scorer import CTCVRScorer
+
+            self.ctcvr = CTCVRScorer.shared(recipe.ctcvr_model_dir)
+        self.reference_ctcvr: dict[str, float] = {}  # record id -> pCTCVR of its reference ad
+        self.uses_judge = self.context.judge is not None and (reward.correctness.use_judge or reward.risk.use_judge)
+
+    # ---- shared tail ------------------------------------------------------------------------
+    def finish(self, records: Sequence[AdRecord], texts: Sequence[str], offsets: Sequence[np.ndarray],
+               predicted: Sequence[float] | None, reference: Sequence[float | None] | None,
+               verdicts: Sequence[Any] | None) -> list[tuple[float, dict[str, float]]]:
+        """(sentence reward, scalar extra info) per response, via ``reward_fns.score_samples``."""
+        scores = score_samples(records, texts, self.context, offsets=offsets, predicted_ctcvr=predicted,
+                               reference_ctcvr=reference, verdicts=verdicts)
+        out = []
+        for i, s in enumerate(scores):
+            extra = s.extra_info()
+            extra["predicted_ctcvr"] = math.nan if predicted is None else float(predicted[i])
+            out.append((s.sentence_reward, extra))
+        return out
+
+    # ---- one sample, asynchronously (verl's reward loop) ------------------------------------
+    async def score_one(self, record: AdRecord, response_ids: Sequence[int], loop) -> tuple[float, dict[str, float]]:
+        text, offsets = await loop.run_in_executor(None, decode_with_offsets, self.tokenizer, list(response_ids))
+        parsed = parse_ad(text)
+        predicted = reference = None
+        if self.ctcvr is not None:
+            if self._batcher is None:
+                self._batcher = self.ctcvr.batcher(max_batch_size=self.recipe.scorer_max_batch_size,
+                                                   max_wait_ms=self.recipe.scorer_max_wait_ms)
+            _, pred = await self._batcher.score_one(scorer_item(record, parsed.title, parsed.description))
+            ref = self.reference_ctcvr.get(record.id)
+            if ref is None and record.title and record.description:
+                _, ref = await self._batcher.score_one(scorer_item(record, record.title, record.description))
+                self.reference_ctcvr[record.id] = ref
+            predicted, reference = [pred], [ref]
+        verdicts = [await self.context.judge.ajudge(JudgeRequest.from_record(record, parsed))] if self.uses_judge else None
+        result = await loop.run_in_executor(
+            None, lambda: self.finish([record], [text], [offsets], predicted, reference, verdicts))
+        return result[0]
+
+    # ---- many samples, synchronously (local mode) ---------------------------------------------
+    def score_many(self, records: Sequence[AdRecord], response_ids: Sequence[Sequence[int]]) -> list[tuple[float, dict[str, float]]]:
+        decoded = [decode_with_offsets(self.tokenizer, list(ids)) for ids in response_ids]
+        texts, offsets = [d[0] for d in decoded], [d[1] for d in decoded]
+        parsed = [parse_ad(t) for t in texts]
+        predicted = reference = None
+        if self.ctcvr is not None:
+            missing = [r for r in {r.id: r for r in records}.values()
+                       if r.id not in self.reference_ctcvr and r.title and r.description]
+            if missing:
+                _, refs = self.ctcvr.score([scorer_item(r, r.title, r.description) for r in missing])
+                self.reference_ctcvr.update({r.id: float(p) for r, p in zip(missing, refs)})
+            _, pred = self.ctcvr.score([scorer_item(r, p.title, p.description) for r, p in zip(records, parsed)])
+            predicted = [float(p) for p in pred]
+            reference = [self.reference_ctcvr.get(r.id) for r in records]
+        verdicts = None
+        if self.uses_judge:
+            verdicts = self.context.judge.judge_many([JudgeRequest.from_record(r, p) for r, p in zip(records, parsed)])
+        return self.finish(records, texts, offsets, predicted, reference, verdicts)
+
+
+def token_credit(tokenizer: Any, response_ids: Sequence[Sequence[int]], group_ids: Sequence[Hashable],
+                 records: Sequence[AdRecord | Mapping[str, Any]], reward: RewardConfig,
+                 response_mask: np.ndarray | None = None) -> BatchCredit:
+    """``reward_fns.batch_credit`` on generated token ids (decoded here with character offsets).
+
+    response_ids: B ragged id lists; group_ids: (B,) prompt id of each response (verl's uid);
+    response_mask: (B, L) valid tokens, L >= the longest response.
+    """
+    decoded = [decode_with_offsets(tokenizer, list(ids)) for ids in response_ids]
+    return batch_credit([t for t, _ in decoded], [list(ids) for ids in response_ids], [o for _, o in decoded],
+                        list(group_ids), list(records), reward, response_mask=response_mask)
