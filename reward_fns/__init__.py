@@ -27,7 +27,8 @@ Call patterns (the same code serves both):
 
 * per batch, in the RELATE trainer's advantage step, on the ``responses`` token ids::
 
-      text, offsets = decode_with_offsets(tokenizer, ids)           # per response
+      decoded = decode_batch_with_offsets(tokenizer, ids)           # [(text, offsets)] per response
+      texts, offsets = [t for t, _ in decoded], [o for _, o in decoded]
       credit = batch_credit(texts, ids, offsets, uids, records, cfg, response_mask=mask)
       rewards += credit.sentence_diversity                          # Models 3-4 (sentence-level)
       A = grpo(rewards) + cfg.credit.alpha * credit.token_penalty   # RELATE (eq. 7-9)
@@ -35,7 +36,7 @@ Call patterns (the same code serves both):
 * offline / CLI: :func:`score_batch` (both of the above) and ``python -m reward_fns.score``.
 """
 
-from reward_fns.attribution import decode_with_offsets, spans_to_token_mask, token_penalty
+from reward_fns.attribution import decode_batch_with_offsets, decode_with_offsets, spans_to_token_mask, token_penalty
 from reward_fns.compose import (
     BatchCredit,
     BatchScores,
@@ -67,6 +68,7 @@ __all__ = [
     "Trigger",
     "batch_credit",
     "batch_ngram_statistics",
+    "decode_batch_with_offsets",
     "decode_with_offsets",
     "preset",
     "score_batch",

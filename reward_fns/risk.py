@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from reward_fns.config import RiskConfig
-from reward_fns.text import literal_alternation, normalize_chars
+from reward_fns.text import CP_LIMIT, code_points, literal_alternation_parts, normalize_chars
 from reward_fns.types import ComponentScore, Span, Trigger
 
 LEXICON_DIR = Path(__file__).parent / "lexicons"
@@ -48,12 +51,45 @@ class _Category:
 def _alternation(terms: list[str], patterns: list[str]) -> list[re.Pattern[str]]:
     """Literal terms as one prefiltered alternation, regex patterns as a second one."""
     out = []
-    lit = literal_alternation(terms)
-    if lit is not None:
+    parts = literal_alternation_parts(terms)
+    if parts is not None:
+        lit = re.compile(parts[0] + "|".join(parts[1]) + parts[2])  # == literal_alternation(terms)
+        _SPLITS[(lit.pattern, lit.flags)] = _Split(*parts, lit.flags)
         out.append(lit)
     if patterns:
-        out.append(re.compile("|".join(f"(?:{p})" for p in patterns)))
+        alts = [f"(?:{p})" for p in patterns]
+        rx = re.compile("|".join(alts))
+        if all(re.compile(p).groups == 0 for p in patterns):  # no group numbers to shift
+            _SPLITS[(rx.pattern, rx.flags)] = _Split("", alts, "", rx.flags)
+        out.append(rx)
     return out
+
+
+class _Split:
+    """A regex ``prefix + "|".join(alternatives) + suffix`` whose alternatives are tried in order.
+
+    An alternative that cannot match anywhere in a text (it needs a string the text lacks) can
+    be left out for that text without changing a single match: at every position the first
+    alternative that matches is still the first. :meth:`reduced` compiles (and caches) the regex
+    of a subset of the alternatives.
+    """
+
+    def __init__(self, prefix: str, alternatives: list[str], suffix: str, flags: int):
+        self.prefix, self.alternatives, self.suffix, self.flags = prefix, list(alternatives), suffix, flags
+        self.required = [required_clauses(re.compile(a, flags)) for a in self.alternatives]
+        self._cache: dict[frozenset[int], re.Pattern[str]] = {}
+
+    def reduced(self, keep: frozenset[int]) -> re.Pattern[str]:
+        rx = self._cache.get(keep)
+        if rx is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            body = "|".join(self.alternatives[i] for i in sorted(keep))
+            rx = self._cache[keep] = re.compile(self.prefix + body + self.suffix, self.flags)
+        return rx
+
+
+_SPLITS: dict[tuple[str, int], _Split] = {}
 
 
 class Lexicon:
@@ -61,6 +97,15 @@ class Lexicon:
 
     def __init__(self, categories: list[_Category]):
         self.categories = categories
+        self._plan: tuple[tuple[re.Pattern[str] | None, ...], _ScanPlan] | None = None
+
+    def _scan_plan(self) -> "_ScanPlan":
+        """What :meth:`find_many` looks for; rebuilt when the regexes change (the attribute is public)."""
+        regexes = [rx for cat in self.categories for rx in (*cat.regexes, None, *cat.exceptions, None)]
+        old = self._plan
+        if old is None or len(old[0]) != len(regexes) or any(a is not b for a, b in zip(old[0], regexes)):
+            self._plan = old = (tuple(regexes), _ScanPlan(self.categories))
+        return old[1]
 
     @classmethod
     def from_files(cls, paths: list[str | Path], only: list[str] | None = None) -> "Lexicon":
@@ -105,21 +150,349 @@ class Lexicon:
     def category_names(self) -> list[str]:
         return sorted({c.name for c in self.categories})
 
-    def find(self, response: str) -> list[RiskHit]:
-        """Every blacklisted expression in ``response``, sorted by span (see module docstring)."""
-        norm = normalize_chars(response)
+    def find(self, response: str, normalized: str | None = None) -> list[RiskHit]:
+        """Every blacklisted expression in ``response``, sorted by span (see module docstring).
+
+        ``normalized``: ``normalize_chars(response)`` when the caller has it already.
+        """
+        norm = normalize_chars(response) if normalized is None else normalized
+        return self.find_many([response], [norm])[0]
+
+    def find_many(self, responses: Sequence[str], normalized: Sequence[str] | None = None) -> list[list[RiskHit]]:
+        """:meth:`find` of every response (``normalized``: their ``normalize_chars``, if known).
+
+        Most responses hold no blacklisted term. Every regex (for the lexicon's literal
+        alternations: every alternative) has required strings (:func:`required_literals`, e.g.
+        "guaranteed" for "guaranteed\\s+\\d+%"), looked for in the whole batch at once
+        (:func:`texts_containing`). A response is scanned only by the regexes it holds a required
+        string of, and an alternation only with the alternatives it can match
+        (:class:`_Split`): a regex or alternative cannot match a text without its strings, so
+        the hits are exactly the per-response scan's.
+        """
+        norms = [normalize_chars(r) for r in responses] if normalized is None else list(normalized)
+        B = len(norms)
+        plan = self._scan_plan()
+        present = literal_presence(norms, plan.literals)  # (literals, B) bool
+        # held[k, b]: text b satisfies clause k (holds one of its strings)
+        held = np.zeros((len(plan.clause_unit), B), dtype=bool)
+        for li in np.flatnonzero(present.any(axis=1)).tolist():
+            row = present[li]
+            for k in plan.lit_clauses[li]:
+                held[k] |= row
+        # active[u, b]: unit u (a regex or exception, or one alternative of a split one) can
+        # match text b: it satisfies every clause of u
+        active = np.zeros((len(plan.units), B), dtype=bool)
+        if len(plan.unit_first):
+            active[plan.clause_units] = np.logical_and.reduceat(held, plan.unit_first, axis=0)
+        active[plan.always] = True
+        out: list[list[RiskHit]] = [[] for _ in range(B)]
+        units = plan.units
+        for b in np.flatnonzero(active[plan.regex_units].any(axis=0)).tolist():
+            found: dict[int, tuple[list[re.Pattern[str]], list[re.Pattern[str]]]] = {}
+            alts: set[int] = set()
+            on = np.flatnonzero(active[:, b]).tolist()
+            for i, u in enumerate(on):  # units are ordered by (category, kind, regex, alternative)
+                c, kind, r, alt = units[u]
+                alts.add(alt)
+                if i + 1 < len(on) and units[on[i + 1]][:3] == (c, kind, r):
+                    continue
+                cat = self.categories[c]
+                rx = (cat.regexes, cat.exceptions)[kind][r]
+                split = plan.splits[c][kind][r]
+                if split is not None and len(alts) < len(split.alternatives):
+                    rx = split.reduced(frozenset(alts))
+                alts = set()
+                found.setdefault(c, ([], []))[kind].append(rx)
+            todo = [(self.categories[c], regexes, exceptions) for c, (regexes, exceptions) in found.items() if regexes]
+            out[b] = self._scan(responses[b], norms[b], todo)
+        return out
+
+    @staticmethod
+    def _scan(
+        response: str, norm: str, todo: list[tuple[_Category, list[re.Pattern[str]], list[re.Pattern[str]]]]
+    ) -> list[RiskHit]:
+        """The hits of the given categories' regexes (the per-response scan of :meth:`find`);
+        ``todo``: per category the regexes and exceptions that can match ``norm``."""
         hits: list[RiskHit] = []
-        for cat in self.categories:
-            excluded = [m.span() for rx in cat.exceptions for m in rx.finditer(norm)]
-            for rx in cat.regexes:
+        for cat, regexes, exceptions in todo:
+            excluded: list[tuple[int, int]] | None = None  # the exceptions' spans, found on the first match
+            for rx in regexes:
                 for m in rx.finditer(norm):
                     a, b = m.span()
-                    if b <= a or any(x <= a and b <= y for x, y in excluded):
+                    if b <= a:
+                        continue
+                    if excluded is None:
+                        excluded = [m.span() for ex in exceptions for m in ex.finditer(norm)]
+                    if excluded and any(x <= a and b <= y for x, y in excluded):
                         continue
                     hits.append(RiskHit(cat.name, m.group(0), (a, b), response[a:b]))
         # One span can match several categories ("guaranteed returns"); keep one hit per pair.
         uniq = {(h.category, h.span): h for h in hits}
         return sorted(uniq.values(), key=lambda h: (h.span, h.category))
+
+
+class _ScanPlan:
+    """What :meth:`Lexicon.find_many` looks for. A unit is a regex or exception of a category, or
+    one alternative of a split one (:class:`_Split`): ``units`` [(category, kind (0 regex,
+    1 exception), index, alternative or -1)] in that order. A unit can only match a text that
+    satisfies all its clauses (:func:`required_clauses`): ``clause_unit[k]`` is the unit of
+    clause k (clauses ordered by unit), ``lit_clauses[i]`` the clauses literal i satisfies,
+    ``literals`` every literal, ``always`` the units without clauses, ``regex_units`` the units
+    of kind 0."""
+
+    def __init__(self, categories: list[_Category]):
+        self.splits: list[tuple[list[_Split | None], list[_Split | None]]] = []
+        self.units: list[tuple[int, int, int, int]] = []
+        self.always: list[int] = []
+        clause_unit: list[int] = []
+        users: dict[str, list[int]] = {}
+        for c, cat in enumerate(categories):
+            per_kind: tuple[list[_Split | None], list[_Split | None]] = ([], [])
+            for kind, regexes in enumerate((cat.regexes, cat.exceptions)):
+                for r, rx in enumerate(regexes):
+                    split = _SPLITS.get((rx.pattern, rx.flags))
+                    per_kind[kind].append(split)
+                    reqs = list(enumerate(split.required)) if split is not None else [(-1, required_clauses(rx))]
+                    for alt, clauses in reqs:
+                        u = len(self.units)
+                        self.units.append((c, kind, r, alt))
+                        if not clauses:
+                            self.always.append(u)
+                            continue
+                        for clause in clauses:
+                            k = len(clause_unit)
+                            clause_unit.append(u)
+                            for lit in dict.fromkeys(clause):
+                                users.setdefault(lit, []).append(k)
+            self.splits.append(per_kind)
+        self.clause_unit = np.asarray(clause_unit, dtype=np.int64)
+        self.literals = sorted(users)
+        self.lit_clauses = [users[lit] for lit in self.literals]
+        self.regex_units = [u for u, unit in enumerate(self.units) if unit[1] == 0]
+        # clauses of one unit are consecutive: reduceat over their first rows
+        self.unit_first = np.flatnonzero(np.r_[True, self.clause_unit[1:] != self.clause_unit[:-1]]) if clause_unit else np.zeros(0, dtype=np.int64)
+        self.clause_units = self.clause_unit[self.unit_first] if clause_unit else np.zeros(0, dtype=np.int64)
+
+
+def texts_containing(texts: Sequence[str], literals: Sequence[str]) -> dict[str, set[int]]:
+    """{literal: indices of the texts that contain it} (see :func:`literal_presence`)."""
+    lits = list(dict.fromkeys(literals))
+    present = literal_presence(texts, lits)
+    return {lit: set(np.flatnonzero(present[i]).tolist()) for i, lit in enumerate(lits)}
+
+
+def literal_presence(texts: Sequence[str], literals: Sequence[str]) -> np.ndarray:
+    """(len(literals), len(texts)) bool: literal i occurs in text b; many texts and literals at once.
+
+    Every text position's first 1, 2 and 3 characters are packed into an integer (21 bits per
+    code point) and looked up among the literals' (a sorted array): literals of up to three
+    characters are found exactly this way; a longer one only in the texts holding its first
+    three characters, each checked with ``in``.
+    """
+    B = len(texts)
+    out = np.zeros((len(literals), B), dtype=bool)
+    if B <= 16:  # a few texts: plain substring tests are cheaper than the set-up below
+        for b, text in enumerate(texts):
+            for i, lit in enumerate(literals):
+                if lit in text:
+                    out[i, b] = True
+        return out
+    if not literals:
+        return out
+    index = _literal_index(tuple(literals))
+    if index.empty is not None:
+        out[index.empty] = True
+    joined = "\x00".join(texts)
+    codes = code_points(joined)
+    N = len(codes)
+    lens = np.fromiter(map(len, texts), dtype=np.int64, count=B)
+    row = np.repeat(np.arange(B, dtype=np.int64), lens + 1)[:N]
+    for q, first, ukeys, by_key in index.groups:
+        # Only positions holding some literal's first character (a table look-up) are keyed.
+        cand = np.flatnonzero(first[codes[: max(N - q + 1, 0)]])
+        if cand.size == 0:
+            continue
+        key = codes[cand].astype(np.uint64)
+        for j in range(1, q):
+            key <<= np.uint64(21)
+            key |= codes[cand + j]
+        idx = np.minimum(np.searchsorted(ukeys, key), len(ukeys) - 1)
+        at = np.flatnonzero(ukeys[idx] == key)
+        if at.size == 0:
+            continue
+        pairs = np.unique(idx[at] * B + row[cand[at]])
+        for ki, b in zip((pairs // B).tolist(), (pairs % B).tolist()):
+            for i in by_key[ki]:
+                lit = literals[i]
+                if len(lit) <= 3 or lit in texts[b]:
+                    out[i, b] = True
+    return out
+
+
+@dataclass
+class _LiteralIndex:
+    empty: list[int] | None  # literals "" (in every text)
+    groups: list[tuple[int, np.ndarray, np.ndarray, list[list[int]]]]  # (q, first-char table, keys, literals per key)
+
+
+@lru_cache(maxsize=16)
+def _literal_index(literals: tuple[str, ...]) -> _LiteralIndex:
+    """:func:`literal_presence`'s look-up tables for a set of literals (built once per lexicon)."""
+    empty = [i for i, lit in enumerate(literals) if not lit] or None
+    by_q: dict[int, list[int]] = {}
+    for i, lit in enumerate(literals):
+        if lit:
+            by_q.setdefault(min(len(lit), 3), []).append(i)
+    groups = []
+    for q, members in by_q.items():
+        first = np.zeros(CP_LIMIT, dtype=bool)
+        first[[ord(literals[i][0]) for i in members]] = True
+        keyed: dict[int, list[int]] = {}
+        for i in members:
+            k = 0
+            for ch in literals[i][:q]:
+                k = (k << 21) | ord(ch)
+            keyed.setdefault(k, []).append(i)
+        ukeys = sorted(keyed)
+        groups.append((q, first, np.array(ukeys, dtype=np.uint64), [keyed[k] for k in ukeys]))
+    return _LiteralIndex(empty, groups)
+
+
+def required_literals(rx: re.Pattern[str]) -> list[str] | None:
+    """Strings one of which occurs in every match of ``rx`` (None: none can be derived).
+
+    Read from ``re``'s parse tree: a run of literal characters must occur; a branch needs one of
+    its alternatives' strings; a group or a repeat of at least one its content's; a character
+    class of literals one of its characters. From the items of a sequence the most selective
+    requirement is kept (longest shortest string, then fewest strings). Anything else
+    (assertions, classes, backreferences, case-insensitive parts) requires nothing.
+    """
+    if not isinstance(rx.pattern, str) or rx.flags & re.IGNORECASE:
+        return None
+    try:
+        from re import _constants as C, _parser as P
+    except ImportError:  # pragma: no cover - Python < 3.11
+        import sre_constants as C  # type: ignore[no-redef]
+        import sre_parse as P  # type: ignore[no-redef]
+    try:
+        tree = P.parse(rx.pattern, rx.flags)
+    except Exception:  # pragma: no cover - the pattern compiled, so it parses
+        return None
+    repeats = {C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", C.MAX_REPEAT)}
+
+    def seq(items) -> list[str] | None:
+        cands: list[list[str]] = []
+        run: list[str] = []
+        for op, av in items:
+            if op is C.LITERAL:
+                run.append(chr(av))
+                continue
+            if run:
+                cands.append(["".join(run)])
+                run = []
+            r = item(op, av)
+            if r is not None:
+                cands.append(r)
+        if run:
+            cands.append(["".join(run)])
+        cands = [c for c in cands if c and min(map(len, c)) > 0]
+        if not cands:
+            return None
+        return max(cands, key=lambda c: (min(map(len, c)), -len(c)))
+
+    def item(op, av) -> list[str] | None:
+        if op is C.IN:
+            if av and all(o is C.LITERAL for o, _ in av):
+                return list(dict.fromkeys(chr(v) for _, v in av))
+            return None
+        if op is C.SUBPATTERN:
+            _, add_flags, _, p = av
+            return None if add_flags & re.IGNORECASE else seq(p)
+        if op is C.BRANCH:
+            out: list[str] = []
+            for p in av[1]:
+                r = seq(p)
+                if r is None:
+                    return None
+                out.extend(r)
+            return list(dict.fromkeys(out))
+        if op in repeats:
+            lo, _, p = av
+            return seq(p) if lo >= 1 else None
+        if op is getattr(C, "ATOMIC_GROUP", None):
+            return seq(av)
+        return None
+
+    return seq(tree)
+
+
+def required_clauses(rx: re.Pattern[str], limit: int = 4) -> list[list[str]] | None:
+    """Clauses that every match of ``rx`` satisfies: each clause is a list of strings one of
+    which occurs in the match, and every clause holds (None: no clause can be derived).
+
+    As :func:`required_literals`, but a sequence keeps the requirements of all its items (a
+    match of "no[\\s\\-]+1" holds "no" AND "1"), so a text must hold one string of every
+    clause; at most ``limit`` clauses, the most selective ones.
+    """
+    if not isinstance(rx.pattern, str) or rx.flags & re.IGNORECASE:
+        return None
+    try:
+        from re import _constants as C, _parser as P
+    except ImportError:  # pragma: no cover - Python < 3.11
+        import sre_constants as C  # type: ignore[no-redef]
+        import sre_parse as P  # type: ignore[no-redef]
+    try:
+        tree = P.parse(rx.pattern, rx.flags)
+    except Exception:  # pragma: no cover - the pattern compiled, so it parses
+        return None
+    repeats = {C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", C.MAX_REPEAT)}
+
+    def rank(clause: list[str]) -> tuple[int, int]:
+        return min(map(len, clause)), -len(clause)
+
+    def seq(items) -> list[list[str]]:
+        clauses: list[list[str]] = []
+        run: list[str] = []
+        for op, av in items:
+            if op is C.LITERAL:
+                run.append(chr(av))
+                continue
+            if run:
+                clauses.append(["".join(run)])
+                run = []
+            clauses.extend(item(op, av))
+        if run:
+            clauses.append(["".join(run)])
+        return [c for c in clauses if c and min(map(len, c)) > 0]
+
+    def item(op, av) -> list[list[str]]:
+        if op is C.IN:
+            if av and all(o is C.LITERAL for o, _ in av):
+                return [list(dict.fromkeys(chr(v) for _, v in av))]
+            return []
+        if op is C.SUBPATTERN:
+            _, add_flags, _, p = av
+            return [] if add_flags & re.IGNORECASE else seq(p)
+        if op is C.BRANCH:  # one clause: each alternative's most selective one
+            out: list[str] = []
+            for p in av[1]:
+                sub = seq(p)
+                if not sub:
+                    return []
+                out.extend(max(sub, key=rank))
+            return [list(dict.fromkeys(out))]
+        if op in repeats:
+            lo, _, p = av
+            return seq(p) if lo >= 1 else []
+        if op is getattr(C, "ATOMIC_GROUP", None):
+            return seq(av)
+        return []
+
+    clauses: list[list[str]] = []
+    for c in sorted(seq(tree), key=rank, reverse=True):
+        if c not in clauses:
+            clauses.append(c)
+    return clauses[:limit] or None
 
 
 @lru_cache(maxsize=8)

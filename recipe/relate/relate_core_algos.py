@@ -139,7 +139,7 @@ def relate_advantage(
         epsilon=epsilon, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config,
     )
     token_adv = token_advantage(token_penalty, response_mask, alpha)
-    advantages = sentence_adv + token_adv
+    advantages = sentence_adv + token_adv.to(sentence_adv.dtype)
     if credit is not None:
         total = float(sentence_adv.abs().sum() + token_adv.abs().sum())
         credit.token_share = float(token_adv.abs().sum()) / total if total > 0 else 0.0

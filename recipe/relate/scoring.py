@@ -18,7 +18,8 @@ import numpy as np
 
 from relate_common.ad_format import parse_ad
 from relate_common.records import AdRecord, parse_record
-from reward_fns import BatchCredit, RewardConfig, RewardContext, batch_credit, decode_with_offsets, score_samples
+from reward_fns import (BatchCredit, RewardConfig, RewardContext, batch_credit, decode_batch_with_offsets,
+                        decode_with_offsets, score_samples)
 from reward_fns.judge import JudgeRequest
 
 from recipe.relate.relate_config import RecipeConfig
@@ -94,7 +95,7 @@ class SentenceScorer:
 
     # ---- many samples, synchronously (local mode) ---------------------------------------------
     def score_many(self, records: Sequence[AdRecord], response_ids: Sequence[Sequence[int]]) -> list[tuple[float, dict[str, float]]]:
-        decoded = [decode_with_offsets(self.tokenizer, list(ids)) for ids in response_ids]
+        decoded = decode_batch_with_offsets(self.tokenizer, [list(ids) for ids in response_ids])
         texts, offsets = [d[0] for d in decoded], [d[1] for d in decoded]
         parsed = [parse_ad(t) for t in texts]
         predicted = reference = None
@@ -121,6 +122,8 @@ def token_credit(tokenizer: Any, response_ids: Sequence[Sequence[int]], group_id
     response_ids: B ragged id lists; group_ids: (B,) prompt id of each response (verl's uid);
     response_mask: (B, L) valid tokens, L >= the longest response.
     """
-    decoded = [decode_with_offsets(tokenizer, list(ids)) for ids in response_ids]
-    return batch_credit([t for t, _ in decoded], [list(ids) for ids in response_ids], [o for _, o in decoded],
-                        list(group_ids), list(records), reward, response_mask=response_mask)
+    ids = [list(r) for r in response_ids]
+    decoded = decode_batch_with_offsets(tokenizer, ids)
+    texts, offsets = [t for t, _ in decoded], [o for _, o in decoded]
+    records = [record_from_ground_truth(r, i) for i, r in enumerate(records)]
+    return batch_credit(texts, ids, offsets, list(group_ids), records, reward, response_mask=response_mask)
