@@ -1,7 +1,8 @@
 """The main job on the bundled defaults (``make demo``).
 
 Stages so far: build the verl RL dataset from the sample records, simulate impression logs
-with the ground-truth user model, build the ESMM CTCVR tables. Each stage is skipped when its
+with the ground-truth user model, build the ESMM CTCVR tables, train the ESMM CTCVR scorer (with
+its two baselines) and evaluate it on the held-out queries. Each stage is skipped when its
 outputs are up to date; ``--force`` redoes everything.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import ctcvr_model.evaluate as ctcvr_evaluate
+import ctcvr_model.train as ctcvr_train
 import data_prep.build_ctcvr_table as build_ctcvr_table
 import data_prep.build_dataset as build_dataset
 import data_prep.common
@@ -25,6 +28,7 @@ DEFAULT_IMPRESSIONS = 200_000
 
 def build_stages(out: Path, records: Path, impressions: int, seed: int) -> list[Stage]:
     dataset, logs, tables = out / "dataset", out / "logs" / "impressions.parquet", out / "ctcvr_tables"
+    scorer, scorer_eval = out / "ctcvr_model", out / "ctcvr_eval"
     common = sources_of(data_prep.common, relate_common.records)
     return [
         Stage("rl-dataset",
@@ -40,6 +44,16 @@ def build_stages(out: Path, records: Path, impressions: int, seed: int) -> list[
               lambda: build_ctcvr_table.main(["--logs", str(logs), "--output-dir", str(tables), "--seed", str(seed)]),
               inputs=[logs, *common, *sources_of(build_ctcvr_table)],
               outputs=[tables / f"{s}.parquet" for s in ("train", "val", "test")]),
+        Stage("ctcvr-scorer",
+              lambda: ctcvr_train.main(["--table", str(tables / "train.parquet"), "--val", str(tables / "val.parquet"),
+                                        "--output-dir", str(scorer), "--seed", str(seed)]),
+              inputs=[tables / "train.parquet", tables / "val.parquet", *sources_of(ctcvr_train)],
+              outputs=[scorer / "config.json", scorer / "metrics.json"]),
+        Stage("ctcvr-evaluation",
+              lambda: ctcvr_evaluate.main(["--model-dir", str(scorer), "--table", str(tables / "test.parquet"),
+                                           "--output-dir", str(scorer_eval)]),
+              inputs=[scorer / "config.json", tables / "test.parquet", *sources_of(ctcvr_evaluate)],
+              outputs=[scorer_eval / "evaluation.json", scorer_eval / "reliability.png"]),
     ]
 
 
