@@ -138,9 +138,11 @@ def relate_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index,
         epsilon=epsilon, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config,
     )
-    token_adv = token_advantage(token_penalty, response_mask, alpha)
-    advantages = sentence_adv + token_adv.to(sentence_adv.dtype)
-    if credit is not None:
-        total = float(sentence_adv.abs().sum() + token_adv.abs().sum())
-        credit.token_share = float(token_adv.abs().sum()) / total if total > 0 else 0.0
+    # One fused op: A_sentence + alpha * r_token * mask (eq. 9); the mask may be int64 in verl.
+    dtype = sentence_adv.dtype
+    advantages = torch.addcmul(sentence_adv, token_penalty.to(dtype), response_mask.to(dtype), value=alpha)
+    if credit is not None:  # trainer path: report how much of |A| came from token terms
+        token_abs = float(token_advantage(token_penalty, response_mask, alpha).abs().sum())
+        total = float(sentence_adv.abs().sum()) + token_abs
+        credit.token_share = token_abs / total if total > 0 else 0.0
     return advantages, advantages
