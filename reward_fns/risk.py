@@ -358,15 +358,8 @@ def _literal_index(literals: tuple[str, ...]) -> _LiteralIndex:
     return _LiteralIndex(empty, groups)
 
 
-def required_literals(rx: re.Pattern[str]) -> list[str] | None:
-    """Strings one of which occurs in every match of ``rx`` (None: none can be derived).
-
-    Read from ``re``'s parse tree: a run of literal characters must occur; a branch needs one of
-    its alternatives' strings; a group or a repeat of at least one its content's; a character
-    class of literals one of its characters. From the items of a sequence the most selective
-    requirement is kept (longest shortest string, then fewest strings). Anything else
-    (assertions, classes, backreferences, case-insensitive parts) requires nothing.
-    """
+def _parse_regex(rx: "re.Pattern[str]"):
+    """(parse tree, sre constants, repeat opcodes) of a case-sensitive str pattern, else None."""
     if not isinstance(rx.pattern, str) or rx.flags & re.IGNORECASE:
         return None
     try:
@@ -378,7 +371,22 @@ def required_literals(rx: re.Pattern[str]) -> list[str] | None:
         tree = P.parse(rx.pattern, rx.flags)
     except Exception:  # pragma: no cover - the pattern compiled, so it parses
         return None
-    repeats = {C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", C.MAX_REPEAT)}
+    return tree, C, {C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", C.MAX_REPEAT)}
+
+
+def required_literals(rx: re.Pattern[str]) -> list[str] | None:
+    """Strings one of which occurs in every match of ``rx`` (None: none can be derived).
+
+    Read from ``re``'s parse tree: a run of literal characters must occur; a branch needs one of
+    its alternatives' strings; a group or a repeat of at least one its content's; a character
+    class of literals one of its characters. From the items of a sequence the most selective
+    requirement is kept (longest shortest string, then fewest strings). Anything else
+    (assertions, classes, backreferences, case-insensitive parts) requires nothing.
+    """
+    parsed = _parse_regex(rx)
+    if parsed is None:
+        return None
+    tree, C, repeats = parsed
 
     def seq(items) -> list[str] | None:
         cands: list[list[str]] = []
@@ -434,18 +442,10 @@ def required_clauses(rx: re.Pattern[str], limit: int = 4) -> list[list[str]] | N
     match of "no[\\s\\-]+1" holds "no" AND "1"), so a text must hold one string of every
     clause; at most ``limit`` clauses, the most selective ones.
     """
-    if not isinstance(rx.pattern, str) or rx.flags & re.IGNORECASE:
+    parsed = _parse_regex(rx)
+    if parsed is None:
         return None
-    try:
-        from re import _constants as C, _parser as P
-    except ImportError:  # pragma: no cover - Python < 3.11
-        import sre_constants as C  # type: ignore[no-redef]
-        import sre_parse as P  # type: ignore[no-redef]
-    try:
-        tree = P.parse(rx.pattern, rx.flags)
-    except Exception:  # pragma: no cover - the pattern compiled, so it parses
-        return None
-    repeats = {C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", C.MAX_REPEAT)}
+    tree, C, repeats = parsed
 
     def rank(clause: list[str]) -> tuple[int, int]:
         return min(map(len, clause)), -len(clause)
