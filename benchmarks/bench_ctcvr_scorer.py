@@ -60,6 +60,7 @@ def build_pairs(n_pairs: int, group: int = 5) -> list[dict]:
         k = i % group
         items.append({
             "query": r["query"], "bidword": r["bidword"], "selling_points": r["selling_points"],
+            "industry": r.get("industry", ""),  # optional item field (unseen by the synthetic model: "unknown")
             "title": r.get("title", "") + (f" #{k}" if k else ""),
             "description": r.get("description", "") + REWRITES[k] + (f" ({i})" if i >= len(records) * group else ""),
         })
@@ -77,7 +78,8 @@ def train_small_model(out_dir: Path, device: str | None) -> Path:
     make_table(3000, seed=0, split="train").to_parquet(out_dir / "train.parquet")
     make_table(1000, seed=1, split="val").to_parquet(out_dir / "val.parquet")
     args = ["--table", str(out_dir / "train.parquet"), "--val", str(out_dir / "val.parquet"),
-            "--output-dir", str(out_dir / "model"), "--encoder", "minilm", "--epochs", "3", "--quiet"]
+            "--output-dir", str(out_dir / "model"), "--encoder", "minilm", "--epochs", "3", "--quiet",
+            "--style", "8"]  # the feature path of the defaults at >= 500 training conversions (style + industry)
     if device:
         args += ["--device", device]
     with contextlib.redirect_stdout(io.StringIO()):  # keep the benchmark's output to its figures

@@ -25,6 +25,7 @@ _EXPORTS = {
     "ItemError": "ctcvr_model.schema",
     "TableError": "ctcvr_model.schema",
     "ITEM_FIELDS": "ctcvr_model.schema",
+    "OPTIONAL_ITEM_FIELDS": "ctcvr_model.schema",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,8 @@
 
 Layout::
 
-    DIR/config.json        schema_version, encoder {name, dim}, features, model, training, weights sha256
+    DIR/config.json        schema_version, encoder {name, dim}, features (incl. the industry vocabulary),
+                           model, training, weights sha256
     DIR/model.safetensors  CTCVRNet state (feature standardisation + ESMM + both baselines)
     DIR/metrics.json       training/validation figures (written by train, not needed to load)
 
@@ -28,7 +29,8 @@ from ctcvr_model.features import FeatureConfig
 from ctcvr_model.model import CTCVRNet, ModelConfig
 from ctcvr_model.schema import ModelDirError
 
-SCHEMA_VERSION = 1
+# 1: the first release. 2: the optional industry one-hot (features.industry, features.industry_vocab).
+SCHEMA_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
@@ -114,6 +116,14 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ModelDirError(model_dir, f"{CONFIG_FILE} is not a JSON object", "Restore the file or retrain the model.")
     version = cfg.get("schema_version")
+    if version == 1:
+        raise ModelDirError(
+            model_dir,
+            f"schema_version is 1 but this code reads schema_version {SCHEMA_VERSION} (version 2 added the "
+            "industry feature and its vocabulary to config.json and changed the feature layout)",
+            "Retrain the model with this version of ctcvr_model (`python -m ctcvr_model.train ...`; add "
+            "--no-industry for a model without the industry feature), or use the code version that wrote it.",
+        )
     if version != SCHEMA_VERSION:
         raise ModelDirError(
             model_dir,

@@ -17,13 +17,13 @@ import torch
 from ctcvr_model.encoders import TextEncoder
 from ctcvr_model.features import EncodedRows, FeatureConfig, encode_items, gather_batch
 from ctcvr_model.model import CTCVRNet
-from ctcvr_model.schema import ITEM_FIELDS, TRUTH_COLUMNS
+from ctcvr_model.schema import ITEM_FIELDS, OPTIONAL_ITEM_FIELDS, TRUTH_COLUMNS
 
 _SP_SEP = "\x1f"  # joins selling points into one hashable key; never appears in real text
 
 
 def aggregate_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Merge rows with identical item fields into one row per (query, ad).
+    """Merge rows with identical item fields (and industry, when present) into one row per (query, ad).
 
     Output columns: the item fields, ``weight`` (summed), ``click`` and ``conversion`` (weighted
     means, i.e. fractions of the group's impressions), and each truth column present (weighted
@@ -32,6 +32,9 @@ def aggregate_rows(df: pd.DataFrame) -> pd.DataFrame:
     work = df.copy()
     work["_sp_key"] = [_SP_SEP.join(p) for p in work["selling_points"]]
     keys = ["query", "bidword", "_sp_key", "title", "description"]
+    if "industry" in work.columns:  # a model feature: rows of two industries must not merge
+        work["industry"] = work["industry"].fillna("").astype(str)
+        keys.append("industry")
     work["_wc"] = work["weight"] * work["click"]
     work["_wv"] = work["weight"] * work["conversion"]
     sums = {"weight": "sum", "_wc": "sum", "_wv": "sum"}
@@ -40,7 +43,7 @@ def aggregate_rows(df: pd.DataFrame) -> pd.DataFrame:
         work["_t_" + c] = work["weight"] * work[c]
         sums["_t_" + c] = "sum"
     first = {"selling_points": "first"}
-    for c in ("record_id", "industry", "language", "split"):
+    for c in ("record_id", "language", "split"):
         if c in work.columns:
             first[c] = "first"
     g = work.groupby(keys, sort=False, dropna=False).agg({**sums, **first}).reset_index()
@@ -52,10 +55,13 @@ def aggregate_rows(df: pd.DataFrame) -> pd.DataFrame:
     return g.drop(columns=drop)
 
 
-def table_items(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """The scoring items (query, bidword, selling_points, title, description) of every row."""
-    cols = {c: df[c].tolist() for c in ITEM_FIELDS}
-    return [dict(zip(ITEM_FIELDS, vals)) for vals in zip(*(cols[c] for c in ITEM_FIELDS))]
+def table_items(df: pd.DataFrame, industry: bool = True) -> list[dict[str, Any]]:
+    """The scoring items (query, bidword, selling_points, title, description, and industry when the
+    table has that column and ``industry`` is true) of every row."""
+    fields = ITEM_FIELDS + (OPTIONAL_ITEM_FIELDS if industry else ())
+    fields = tuple(f for f in fields if f in df.columns)
+    cols = {c: df[c].tolist() for c in fields}
+    return [dict(zip(fields, vals)) for vals in zip(*(cols[c] for c in fields))]
 
 
 @dataclass
@@ -71,9 +77,13 @@ class LabelledRows:
         return len(self.rows)
 
 
-def encode_table(df: pd.DataFrame, encoder: TextEncoder, cfg: FeatureConfig, batch_size: int = 64) -> LabelledRows:
-    """Encode a validated table (see schema.validate_table) into LabelledRows."""
-    rows = encode_items(table_items(df), encoder, cfg, batch_size=batch_size)
+def encode_table(df: pd.DataFrame, encoder: TextEncoder, cfg: FeatureConfig, batch_size: int = 64,
+                 hide_industry: bool = False) -> LabelledRows:
+    """Encode a validated table (see schema.validate_table) into LabelledRows.
+
+    hide_industry: encode every row as if its item carried no industry (the unknown bucket).
+    """
+    rows = encode_items(table_items(df, industry=not hide_industry), encoder, cfg, batch_size=batch_size)
     return LabelledRows(
         rows=rows,
         click=df["click"].to_numpy(np.float32),

@@ -7,7 +7,8 @@ on all impressions (label: click-and-convert, score: pCVR; this is where the nai
 sample-selection bias shows), log loss and expected calibration error. When the table carries the
 simulator's truth columns the same AUCs of the truth itself ("oracle") are reported: the ceiling a
 perfect model would reach on these sampled labels. With truth present, "AUC vs truth" also scores
-each model against the truth probabilities as soft labels (row i counts as truth_p_i positives):
+each model against the truth probabilities as soft labels (row i counts as truth_p_i positives; for
+pCVR over all impressions the soft label is truth_p_ctcvr):
 the AUC expected over re-sampling the clicks and conversions, free of the sampling noise that
 dominates a test split with a few dozen conversions.
 
@@ -54,6 +55,7 @@ COLUMNS = (
     ("cvr_ece_clicked", "CVR ECE (clicked)"),
     ("ctr_auc_truth", "CTR AUC vs truth"),
     ("ctcvr_auc_truth", "CTCVR AUC vs truth"),
+    ("cvr_auc_all_truth", "CVR AUC (all imps) vs truth"),
 )
 
 
@@ -82,8 +84,11 @@ def prediction_metrics(
 
 
 def evaluate(model_dir: str | Path, table: str | Path, models: list[str] | None = None, device: str | None = None,
-             n_bins: int = 15, cache_dir: str | None = None) -> dict[str, Any]:
+             n_bins: int = 15, cache_dir: str | None = None, hide_industry: bool = False) -> dict[str, Any]:
     """Metrics for every trained sub-model (and the oracle when truth is present) on ``table``.
+
+    hide_industry: score every row as an item without an industry (the unknown bucket), i.e. what a
+    caller that does not pass ``industry`` gets; the oracle still uses the truth.
 
     Returns {"table", "model_dir", "counts", "models": {name: metrics}, "reliability": {...}}.
     """
@@ -94,7 +99,7 @@ def evaluate(model_dir: str | Path, table: str | Path, models: list[str] | None 
     if untrained:
         raise CTCVRError(f"model(s) {untrained} were not trained in {model_dir} (trained: {trained})")
     df = read_table(table)
-    data = encode_table(df, scorer.encoder, scorer.saved.features)
+    data = encode_table(df, scorer.encoder, scorer.saved.features, hide_industry=hide_industry)
     click, ctcvr, weight = (df[c].to_numpy(np.float64) for c in ("click", "conversion", "weight"))
 
     preds: dict[str, dict[str, np.ndarray]] = {}
@@ -112,6 +117,8 @@ def evaluate(model_dir: str | Path, table: str | Path, models: list[str] | None 
         for name, p in preds.items():
             results[name]["ctr_auc_truth"] = weighted_auc(truth["p_ctr"], p["p_ctr"], weight)
             results[name]["ctcvr_auc_truth"] = weighted_auc(truth["p_ctcvr"], p["p_ctcvr"], weight)
+            # pCVR ranking all impressions against their true click-and-convert probability.
+            results[name]["cvr_auc_all_truth"] = weighted_auc(truth["p_ctcvr"], p["p_cvr"], weight)
     clicked_w = weight * click
     cvr_label = np.divide(ctcvr, click, out=np.zeros_like(ctcvr), where=click > 0)
     reliability = {
@@ -126,6 +133,8 @@ def evaluate(model_dir: str | Path, table: str | Path, models: list[str] | None 
         "table": str(table),
         "model_dir": str(model_dir),
         "encoder": scorer.saved.encoder_name,
+        "industry_feature": bool(scorer.saved.features.industry),
+        "industry_hidden": bool(hide_industry),
         "counts": {
             "rows": int(len(df)),
             "impressions": float(weight.sum()),
@@ -203,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (optional)")
     p.add_argument("--bins", type=int, default=15, help="equal-mass bins for ECE and the reliability plot")
+    p.add_argument("--hide-industry", action="store_true",
+                   help="score as if no row carried an industry (the unknown bucket): what callers that omit it get")
     return p
 
 
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     try:
-        result = evaluate(args.model_dir, args.table, models=models, device=args.device, n_bins=args.bins, cache_dir=args.cache_dir)
+        result = evaluate(args.model_dir, args.table, models=models, device=args.device, n_bins=args.bins,
+                          cache_dir=args.cache_dir, hide_industry=args.hide_industry)
     except (CTCVRError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -3,7 +3,7 @@
 A table (parquet, one row per impression or per aggregated group of identical impressions) has::
 
     record_id (str), query (str), bidword (str), selling_points (list<str>), title (str),
-    description (str), industry (str), language ("zh"/"en"), click (0/1),
+    description (str), industry (str, optional: a model feature), language ("zh"/"en"), click (0/1),
     conversion (0/1, 1 only if click: it IS the click-and-convert label), weight (float), split
     optional simulator truth: truth_p_click, truth_p_cvr, truth_p_ctcvr (never used as features)
 
@@ -25,6 +25,8 @@ REQUIRED_COLUMNS = TEXT_COLUMNS + ("selling_points",) + LABEL_COLUMNS
 TRUTH_COLUMNS = ("truth_p_click", "truth_p_cvr", "truth_p_ctcvr")
 # Fields a scoring item must carry (a subset of a table row).
 ITEM_FIELDS = ("query", "bidword", "selling_points", "title", "description")
+# Fields a scoring item may carry: the advertiser's industry (absent / empty / unseen = "unknown").
+OPTIONAL_ITEM_FIELDS = ("industry",)
 
 
 class CTCVRError(Exception):
@@ -68,7 +70,8 @@ def normalise_selling_points(value: object) -> list[str]:
 def validate_table(df: pd.DataFrame, source: str = "<table>") -> pd.DataFrame:
     """Check columns, types and label consistency; return a cleaned copy.
 
-    Cleaning: text NaN -> "", selling_points -> list[str], weight defaults to 1.0, labels -> float.
+    Cleaning: text NaN -> "", industry NaN -> "" (when the column exists), selling_points -> list[str],
+    weight defaults to 1.0, labels -> float.
     Raises TableError naming the column (and the first bad row) on any violation.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -80,8 +83,9 @@ def validate_table(df: pd.DataFrame, source: str = "<table>") -> pd.DataFrame:
     if len(df) == 0:
         raise TableError(f"{source}: the table has no rows")
     df = df.copy()
-    for col in TEXT_COLUMNS:
-        df[col] = df[col].fillna("").astype(str)
+    for col in TEXT_COLUMNS + OPTIONAL_ITEM_FIELDS:
+        if col in df.columns:
+            df[col] = df[col].fillna("").astype(str)
     try:
         df["selling_points"] = [normalise_selling_points(v) for v in df["selling_points"]]
     except TypeError as e:

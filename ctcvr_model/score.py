@@ -3,7 +3,8 @@
     python -m ctcvr_model.score --model-dir models/ctcvr --input gen.jsonl --output scored.jsonl
 
 Each input line is a JSON object with ``query``, ``bidword``, ``selling_points`` (list of strings,
-or one '|'-separated string), ``title`` and ``description``; every other key is copied through.
+or one '|'-separated string), ``title`` and ``description``, optionally ``industry`` (absent, null,
+empty or not seen in training: the model's "unknown" bucket); every other key is copied through.
 Each output line is the input object plus ``p_ctr`` and ``p_ctcvr`` (and ``p_cvr`` with --with-cvr).
 A malformed line stops the run with an error naming the file, line and field.
 """

@@ -5,7 +5,10 @@
     p_ctr, p_ctcvr = await scorer.score_one_async(item)     # coalesced with concurrent callers
 
 An item is a mapping with ``query``, ``bidword``, ``selling_points`` (list of str, or one
-'|'-separated string), ``title`` and ``description``; other keys are ignored.
+'|'-separated string), ``title`` and ``description``, and optionally ``industry`` (the advertiser's
+vertical, str). A model trained with the industry feature (the default) uses the industry when it is
+given and in the training vocabulary; an absent, None, empty or unseen industry scores with the
+"unknown" bucket (what the model learned to predict without an industry). Other keys are ignored.
 
 verl's reward loop calls the reward once per sample, concurrently, from an event loop. Scoring one
 sample at a time would run the encoder and the MLP on batches of one; :class:`AsyncCTCVRScorer`
@@ -91,7 +94,10 @@ class CTCVRScorer:
 
     @torch.no_grad()
     def predict(self, items: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        """p_ctr, p_cvr, p_ctcvr, each (N,) float64, for N items (validated; ItemError names the bad one)."""
+        """p_ctr, p_cvr, p_ctcvr, each (N,) float64, for N items (validated; ItemError names the bad one).
+
+        Items may carry ``industry``; without it (or with one not seen in training) the unknown bucket is used.
+        """
         for i, item in enumerate(items):
             check_item(item, i, source="items")
         if len(items) == 0:

@@ -23,7 +23,7 @@ from ctcvr_model.features import FEATURE_PRESETS, FeatureConfig, feature_preset,
 from ctcvr_model.losses import esmm_loss, logreg_loss, naive_loss
 from ctcvr_model.metrics import expected_calibration_error, weighted_auc, weighted_logloss
 from ctcvr_model.model import CTCVRNet, ModelConfig
-from ctcvr_model.schema import ModelDirError, TableError, read_table, validate_table
+from ctcvr_model.schema import ItemError, ModelDirError, TableError, read_table, validate_table
 from ctcvr_model.scorer import CTCVRScorer
 from ctcvr_model.synthetic import make_items, make_table
 
@@ -41,11 +41,17 @@ def tables(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tables, tmp_path_factory):
+def enc_cache(tmp_path_factory):
+    """One embedding cache for the module: the synthetic tables share their texts, so each is encoded once."""
+    return str(tmp_path_factory.mktemp("ctcvr_cache"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tables, tmp_path_factory, enc_cache):
     out = tmp_path_factory.mktemp("ctcvr_model")
     train_cmd.main([
         "--table", str(tables["train"]), "--val", str(tables["val"]), "--output-dir", str(out),
-        "--encoder", ENCODER, "--epochs", "12", "--patience", "4", "--quiet", "--seed", "0",
+        "--encoder", ENCODER, "--epochs", "12", "--patience", "4", "--quiet", "--seed", "0", "--cache-dir", enc_cache,
     ])
     return out
 
@@ -150,8 +156,11 @@ def test_lexical_features_zh_and_en():
 
 
 def test_feature_presets_dimensions():
-    assert FEATURE_PRESETS["compact"].feature_dim(512) == 3 + 9
-    assert FEATURE_PRESETS["full"].feature_dim(384) == 5 * 384 + 3 + 9
+    # compact: 3 cosines + 8 style components + 9 lexical + the industry one-hot (unknown + vocabulary)
+    assert FEATURE_PRESETS["compact"].feature_dim(512) == 3 + 8 + 9 + 1
+    assert feature_preset("compact", industry_vocab=("auto", "legal")).feature_dim(512) == 3 + 8 + 9 + 3
+    assert feature_preset("compact", industry=False, style=0).feature_dim(512) == 3 + 9
+    assert FEATURE_PRESETS["full"].feature_dim(384) == 5 * 384 + 3 + 9 + 1
     no_lex = feature_preset("full", lexical=False)
     assert not no_lex.lexical and no_lex.feature_dim(384) == FEATURE_PRESETS["embedding"].feature_dim(384)
     with pytest.raises(ValueError, match="not in slots"):
@@ -197,11 +206,12 @@ def test_save_load_round_trip_gives_identical_scores(model_dir, tmp_path):
     assert config["training"]["seed"] == 0
 
 
-def test_training_is_reproducible_with_a_seed(tables, tmp_path):
+def test_training_is_reproducible_with_a_seed(tables, tmp_path, enc_cache):
     outs = []
     for run in ("a", "b"):
         train_cmd.main(["--table", str(tables["train"]), "--val", str(tables["val"]), "--output-dir", str(tmp_path / run),
-                        "--encoder", ENCODER, "--epochs", "2", "--models", "esmm", "--quiet", "--seed", "7"])
+                        "--encoder", ENCODER, "--epochs", "2", "--models", "esmm", "--quiet", "--seed", "7",
+                        "--cache-dir", enc_cache])
         outs.append(CTCVRScorer.load(tmp_path / run).predict(make_items(5))["p_ctcvr"])
     np.testing.assert_array_equal(outs[0], outs[1])
 
@@ -237,7 +247,18 @@ def test_wrong_schema_version_fails_clearly(model_dir, tmp_path):
     cfg = json.loads((d / CONFIG_FILE).read_text())
     cfg["schema_version"] = 99
     (d / CONFIG_FILE).write_text(json.dumps(cfg))
-    with pytest.raises(ModelDirError, match=r"schema_version is 99 .* reads schema_version 1.*Retrain"):
+    with pytest.raises(ModelDirError, match=r"schema_version is 99 .* reads schema_version 2.*Retrain"):
+        CTCVRScorer.load(d)
+
+
+def test_schema_version_1_dir_fails_with_the_reason(model_dir, tmp_path):
+    d = _broken_copy(model_dir, tmp_path)
+    cfg = json.loads((d / CONFIG_FILE).read_text())
+    cfg["schema_version"] = 1
+    for key in ("industry", "industry_vocab", "style"):
+        cfg["features"].pop(key)
+    (d / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ModelDirError, match=r"schema_version is 1 .*added the industry feature.*Retrain"):
         CTCVRScorer.load(d)
 
 
@@ -321,3 +342,106 @@ def test_net_standardisation_is_saved(model_dir):
     net, saved = load_model(model_dir)
     assert isinstance(net, CTCVRNet) and isinstance(saved.model, ModelConfig)
     assert not torch.allclose(net.feature_std, torch.ones_like(net.feature_std))
+
+
+# ------------------------------------------------------------------ industry feature and style components
+
+_TOPIC_INDUSTRIES = sorted({f"topic{t}" for t in range(12)})
+
+
+def test_industry_vocabulary_is_saved_and_loaded(model_dir):
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    assert config["schema_version"] == 2
+    assert config["features"]["industry"] is True
+    assert config["features"]["industry_vocab"] == _TOPIC_INDUSTRIES
+    assert "onehot(industry" in config["feature_construction"]
+    net, saved = load_model(model_dir)
+    assert saved.features.industry_vocab == tuple(_TOPIC_INDUSTRIES)
+    assert net.in_dim == saved.features.feature_dim(512)
+    block = saved.features.industry_columns(512)
+    # the one-hot block is not standardised
+    assert torch.all(net.feature_mean[block] == 0) and torch.all(net.feature_std[block] == 1)
+    assert saved.features.industry_index("Topic3 ") == 1 + _TOPIC_INDUSTRIES.index("topic3")
+    assert saved.features.industry_index("no such industry") == 0
+
+
+def test_unknown_industry_scores_like_a_missing_one(scorer):
+    base = make_items(6, seed=11)
+    missing = scorer.predict(base)
+    for value in ("never seen in training", "", None):
+        other = scorer.predict([dict(it, industry=value) for it in base])
+        np.testing.assert_array_equal(other["p_ctcvr"], missing["p_ctcvr"])
+    known = scorer.predict([dict(it, industry="topic3") for it in base])
+    assert np.all((known["p_ctcvr"] > 0) & (known["p_ctcvr"] < 1))
+    assert not np.allclose(known["p_ctcvr"], missing["p_ctcvr"])  # the industry is used when given
+    with pytest.raises(ItemError, match=r"field 'industry': must be a string"):
+        scorer.score([dict(base[0], industry=7)])
+
+
+def test_evaluate_can_hide_the_industry(model_dir, tables, enc_cache):
+    shown = evaluate_cmd.evaluate(model_dir, tables["test"], models=["esmm"], cache_dir=enc_cache)
+    hidden = evaluate_cmd.evaluate(model_dir, tables["test"], models=["esmm"], hide_industry=True, cache_dir=enc_cache)
+    assert shown["industry_feature"] and hidden["industry_hidden"] and not shown["industry_hidden"]
+    assert hidden["models"]["esmm"]["ctcvr_auc"] != shown["models"]["esmm"]["ctcvr_auc"]
+    assert hidden["models"]["oracle"] == shown["models"]["oracle"]
+
+
+def test_table_without_industry_trains_without_the_feature(tables, tmp_path, capsys, enc_cache):
+    import pandas as pd
+
+    for split in ("train", "val"):
+        pd.read_parquet(tables[split]).drop(columns=["industry"]).to_parquet(tmp_path / f"{split}.parquet")
+    out = tmp_path / "m"
+    train_cmd.main(["--table", str(tmp_path / "train.parquet"), "--val", str(tmp_path / "val.parquet"), "--output-dir",
+                    str(out), "--encoder", ENCODER, "--epochs", "1", "--models", "esmm", "--quiet", "--cache-dir", enc_cache])
+    assert "no industry values" in capsys.readouterr().err
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["features"]["industry"] is False and config["features"]["industry_vocab"] == []
+    p_ctr, p_ctcvr = CTCVRScorer.load(out).score([dict(make_items(1)[0], industry="topic1")])
+    assert 0 < p_ctcvr[0] <= p_ctr[0] < 1
+
+
+def test_style_components_are_fitted_saved_and_reloaded(tables, tmp_path, enc_cache):
+    out = tmp_path / "styled"
+    metrics = train_cmd.main(["--table", str(tables["train"]), "--val", str(tables["val"]), "--output-dir", str(out),
+                              "--encoder", ENCODER, "--epochs", "2", "--models", "esmm", "--quiet", "--style", "4",
+                              "--bottom-dims", "16", "--tower-dims", "none", "--cache-dir", enc_cache])
+    assert metrics["features"]["style"] == 4
+    net, saved = load_model(out)
+    assert saved.features.style == 4 and saved.model.tower_dims == ()
+    basis = net.style_basis.double()
+    np.testing.assert_allclose((basis @ basis.T).numpy(), np.eye(4), atol=1e-5)  # orthonormal directions
+    items = make_items(8, seed=2)
+    first = CTCVRScorer.load(out).predict(items)
+    np.testing.assert_array_equal(first["p_ctcvr"], CTCVRScorer.load(out).predict(items)["p_ctcvr"])
+
+
+def test_style_is_dropped_automatically_on_few_conversions(model_dir):
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["data"]["train"]["conversions"] < train_cmd.STYLE_MIN_CONVERSIONS
+    assert metrics["features"]["style"] == 0 and any("style" in n for n in metrics["notes"])
+
+
+def test_fit_style_basis_uses_within_group_variation():
+    from ctcvr_model.features import EncodedRows, fit_style_basis
+
+    rng = np.random.default_rng(0)
+    dim = 6
+    topic = np.eye(dim)[:2] * 5.0  # two advertisers far apart (between-group variation)
+    style = np.array([0, 0, 1.0, 0, 0, 0])  # their rewrites differ along one shared direction
+    ads = [topic[g] + sign * style + rng.normal(0, 1e-3, dim) for g in range(2) for sign in (-1, 1)]
+    emb = np.vstack([np.eye(dim)[3], np.eye(dim)[4], np.eye(dim)[5], np.eye(dim)[5]] + ads).astype(np.float32)
+    # rows: (query, meta, ad) indices; group 0 = (0, 2), group 1 = (1, 3)
+    index = np.array([[0, 2, 4], [0, 2, 5], [1, 3, 6], [1, 3, 7]])
+    rows = EncodedRows(emb, index, np.zeros((4, 0), np.float32))
+    basis = fit_style_basis(rows, feature_preset("compact", style=1))
+    assert basis.shape == (1, dim) and abs(basis[0, 2]) > 0.99
+    np.testing.assert_array_equal(basis, fit_style_basis(rows, feature_preset("compact", style=1)))
+
+
+def test_aggregation_keeps_industries_apart():
+    df = validate_table(make_table(200, seed=4))
+    df.loc[: len(df) // 2, "industry"] = "other"
+    agg = aggregate_rows(df)
+    assert agg["weight"].sum() == pytest.approx(len(df))
+    assert set(agg["industry"]) == set(df["industry"])
