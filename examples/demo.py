@@ -23,7 +23,7 @@ import relate_common.records
 from data_prep.config import SAMPLE_RECORDS
 from examples.stages import Stage, run_stages, sources_of
 
-DEFAULT_IMPRESSIONS = 200_000
+DEFAULT_IMPRESSIONS = 1_000_000  # ctcvr_model/README.md: ~940 training conversions; 200k is too few for the style components
 
 
 def build_stages(out: Path, records: Path, impressions: int, seed: int) -> list[Stage]:

@@ -51,6 +51,16 @@ def ctcvr_reward(pred: float, ref: float | None, cfg: CTCVRConfig) -> ComponentS
     return ComponentScore("ctcvr", round(value, 6), triggers, {"pred": float(pred), "ref": float(ref), "log_ratio": round(lr, 6)})
 
 
+def scorer_item(record: Any, title: str, description: str) -> dict[str, Any]:
+    """What ``ctcvr_model``'s scorer reads for one (query, ad) pair; ``record`` is an AdRecord.
+
+    One definition for every caller (RL reward, ``reward_fns.score``, ``recipe.relate.evaluate``),
+    so the scorer sees the same fields, industry included, at training-time and at reward-time.
+    """
+    return {"query": record.query, "bidword": record.bidword, "selling_points": record.selling_points,
+            "industry": record.industry, "title": title, "description": description}
+
+
 def load_ctcvr_scorer(model_dir: str) -> Any | None:
     """ctcvr_model's ``CTCVRScorer.load(model_dir)`` when that package provides it, else None.
 

@@ -98,7 +98,7 @@ def _ctcvr(model_dir: str | None, records: list[AdRecord], responses: list[str],
     """(predicted (N,), reference (N,) or None, note). None predicted = n/a."""
     if not model_dir:
         return None, None, "n/a (no --ctcvr-model)"
-    from reward_fns.ctcvr import load_ctcvr_scorer
+    from reward_fns.ctcvr import load_ctcvr_scorer, scorer_item
 
     scorer = load_ctcvr_scorer(model_dir)
     if scorer is None:
@@ -108,16 +108,14 @@ def _ctcvr(model_dir: str | None, records: list[AdRecord], responses: list[str],
     items = []
     for rec, resp in zip(records, responses):
         p = parse_ad(resp)
-        items.append({"query": rec.query, "bidword": rec.bidword, "selling_points": rec.selling_points,
-                      "title": p.title, "description": p.description})
+        items.append(scorer_item(rec, p.title, p.description))
     _, pred = scorer.score(items)
     # A reference exists only when the generated ad came as 'response' and the record holds a
     # reference title / description; rows given as title + description ARE their own reference.
     ref_idx = [i for i, (rec, raw) in enumerate(zip(records, raws)) if "response" in raw and rec.title and rec.description]
     ref = None
     if ref_idx:
-        ref_items = [{"query": records[i].query, "bidword": records[i].bidword, "selling_points": records[i].selling_points,
-                      "title": records[i].title, "description": records[i].description} for i in ref_idx]
+        ref_items = [scorer_item(records[i], records[i].title, records[i].description) for i in ref_idx]
         _, ref_pred = scorer.score(ref_items)
         ref = np.full(len(records), np.nan)
         ref[ref_idx] = ref_pred

@@ -81,7 +81,8 @@ def test_run_single_matches_the_reward_fns_code_path(manager, rows, tokenizer, p
     from relate_common.ad_format import parse_ad
     from reward_fns import RewardContext, decode_with_offsets, score_samples
 
-    from recipe.relate.scoring import record_from_ground_truth, scorer_item
+    from recipe.relate.scoring import record_from_ground_truth
+    from reward_fns.ctcvr import scorer_item
 
     item = rows[0]
     record = record_from_ground_truth(item["reward_model"]["ground_truth"])

@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 
 from relate_common.ad_format import parse_ad, render_ad
 from relate_common.records import AdRecord, RecordError, is_missing, parse_record, read_rows
+from reward_fns.ctcvr import scorer_item
 
 SIMULATOR_NOTE = ("data_prep.user_model.UserModel, fresh impressions (p_click * p_cvr, no template fatigue: "
                   "each text is scored as if never shown before)")
@@ -172,13 +173,6 @@ def read_set(path: str, name: str, index: dict[str, dict[str, Any]] | None) -> E
 
 
 # ---- scoring ------------------------------------------------------------------------------------
-
-
-def scorer_item(record: AdRecord, title: str, description: str) -> dict[str, Any]:
-    """What the CTCVR scorer reads for one (query, ad) pair: the fields the RL reward passes
-    (``recipe.relate.scoring.scorer_item``; not imported, because that module imports verl)."""
-    return {"query": record.query, "bidword": record.bidword, "selling_points": record.selling_points,
-            "industry": record.industry, "title": title, "description": description}
 
 
 def predict_ctcvr(scorer: Any, es: EvalSet) -> tuple[np.ndarray, list[float | None]]:

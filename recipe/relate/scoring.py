@@ -21,6 +21,7 @@ from relate_common.records import AdRecord, parse_record
 from reward_fns import (BatchCredit, RewardConfig, RewardContext, batch_credit, decode_batch_with_offsets,
                         decode_with_offsets, score_samples)
 from reward_fns.judge import JudgeRequest
+from reward_fns.ctcvr import scorer_item
 
 from recipe.relate.relate_config import RecipeConfig
 
@@ -36,12 +37,6 @@ def record_from_ground_truth(ground_truth: Any, index: Any = None) -> AdRecord:
         )
     raw = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in dict(ground_truth).items()}
     return parse_record(raw, source="reward_model.ground_truth", row=index if isinstance(index, int) else 0)
-
-
-def scorer_item(record: AdRecord, title: str, description: str) -> dict[str, Any]:
-    """What ``ctcvr_model``'s scorer reads for one (query, ad) pair."""
-    return {"query": record.query, "bidword": record.bidword, "selling_points": record.selling_points,
-            "industry": record.industry, "title": title, "description": description}
 
 
 class SentenceScorer:
