@@ -1056,7 +1056,7 @@ run's relate_trainer.yaml plus a `local:` section; every key keeps verl's meanin
 Common overrides (defaults in the YAML):
   relate.preset=model1|model2|model3|model4|relate    reward preset (paper Table 2)
   relate.ctcvr_model_dir=DIR                          CTCVR scorer (ctcvr_model.train); needed by model2+
-  data.train_files=PATH data.val_files=PATH           RL parquet (default: data/relate/{train,val}.parquet)
+  data.train_files=PATH data.val_files=PATH           RL parquet (default: data/relate/{{train,val}}.parquet)
   data.train_batch_size=4 actor_rollout_ref.rollout.n=4   prompts per step x responses per prompt (G)
   actor_rollout_ref.model.path=DIR                    Hugging Face causal LM (null: SmolLM2-135M-Instruct)
   actor_rollout_ref.model.lora_rank=8                 train a LoRA adapter instead of all weights
