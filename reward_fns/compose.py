@@ -40,18 +40,20 @@ from reward_fns.ctcvr import ctcvr_reward
 from reward_fns.diversity import (
     CharArrays,
     NgramStats,
+    WindowKeys,
     content_token_mask,
     group_codes,
-    ngram_keys,
     prompt_text,
     statistics_from_keys,
     text_eligibility,
+    window_validity,
 )
 from reward_fns.format import format_reward
 from reward_fns.judge import JudgeClient, JudgeRequest, JudgeVerdict
 from reward_fns.length import length_reward
 from reward_fns.relevance import EncoderPool, relevance_scores
 from reward_fns.risk import RiskHit, find_blacklist_hits, is_compliant, load_lexicon, risk_blacklist_reward, risk_judge_reward
+from reward_fns.text import normalize_batch
 from reward_fns.types import ComponentScore, Span, Trigger
 
 # ---- context ------------------------------------------------------------------------------------
@@ -290,16 +292,25 @@ def _prompt_parts(p: AdRecord | Mapping[str, Any]) -> tuple[str, str, tuple[str,
 
 
 def _prompt_texts(prompts: Sequence[AdRecord | Mapping[str, Any]]) -> list[str]:
-    """:func:`_prompt_fields` of every prompt, each distinct one joined once (G responses share one)."""
-    seen: dict[tuple[str, str, tuple[str, ...]], str] = {}
-    out = []
+    """:func:`_prompt_fields` of every prompt, each distinct one joined once (G responses share
+    one), the fields of all of them normalised in one ``normalize_batch`` (which equals
+    ``normalize_chars`` per text, as :func:`prompt_text` uses it)."""
+    seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
+    distinct: list[tuple[str, str, tuple[str, ...]]] = []
+    which = []
     for p in prompts:
         key = _prompt_parts(p)
-        text = seen.get(key)
-        if text is None:
-            text = seen[key] = prompt_text(key[0], key[1], list(key[2]))
-        out.append(text)
-    return out
+        i = seen.get(key)
+        if i is None:
+            i = seen[key] = len(distinct)
+            distinct.append(key)
+        which.append(i)
+    norm = normalize_batch([f for query, bidword, sps in distinct for f in (query, bidword, *sps)]).texts
+    texts, k = [], 0
+    for _, _, sps in distinct:
+        texts.append("\x00".join(norm[k : k + 2 + len(sps)]))
+        k += 2 + len(sps)
+    return [texts[i] for i in which]
 
 
 def batch_credit(
@@ -329,11 +340,12 @@ def batch_credit(
     B, L = ids.shape
     if len(responses) != B:
         raise ValueError(f"{len(responses)} responses but {B} token rows")
-    parsed = list(parsed) if parsed is not None else [parse_ad(r) for r in responses]
     chars = CharArrays.build(responses, off)
-    valid = content_token_mask(responses, parsed, off, mask, chars)
+    # Only the field labels are read from the parse: found batch-wise when not given.
+    valid = content_token_mask(responses, list(parsed) if parsed is not None else None, off, mask, chars)
     D = cfg.diversity
-    keys, oks = ngram_keys(ids, valid, D.n_min, D.n_max)  # hashed once, used twice
+    oks = window_validity(valid, D.n_min, D.n_max)
+    keys = WindowKeys(ids, D.n_min, D.n_max)  # hashed where G_high counting reads them
     ptexts = _prompt_texts(prompts) if prompts is not None else None
     eligible = text_eligibility(responses, off, oks, ptexts, D, chars)
     codes, n_groups = group_codes(list(group_ids))
@@ -345,7 +357,7 @@ def batch_credit(
     sentence_div = cfg.weights.get("diversity", 0.0) * penalty if div_sentence else np.zeros(B)
 
     lexicon = load_lexicon(cfg.risk)
-    bl_spans = [[h.span for h in hits] for hits in lexicon.find_many(responses, chars.texts)]
+    bl_spans = [[h.span for h in hits] for hits in lexicon.find_many(responses, chars.texts, (chars.norm_codes, chars.bounds))]
     bl_mask = batch_spans_to_token_mask(bl_spans, off, mask)
     use_bl = "risk_blacklist" in cfg.weights and cfg.is_token_level("risk_blacklist")
     use_div = "diversity" in cfg.weights and cfg.is_token_level("diversity")

@@ -33,9 +33,13 @@ Cost (the trainer runs this every step on 1440 x 256 tokens, benchmarks/bench_ad
 everything is whole-batch array code. Character-level work runs on the batch's characters
 concatenated (:class:`CharArrays`' flat views: a long response does not widen every row), with
 per-code-point tables instead of per-character Python; window counts come from prefix sums read
-at token boundaries; the prompt-copy filter tests all windows of one length at once by hash
-look-up (:func:`_copied_chars`, exact: hits are checked character by character); keys are
-hashed once per batch in cache-sized blocks of rows. tests/test_reward_perf_equivalence.py
+at token boundaries; function words are found by array code and looked up packed into integers
+(:func:`_ascii_words`); the prompt-copy filter needs one number per window start, the longest
+prefix of the text from there that occurs in the prompt (:func:`_match_lengths`: exact, no
+hashing), and then compares window lengths with it (:func:`_copied_chars`); the trainer's path
+hashes only the windows G_high counting reads (:class:`WindowKeys`, the keys of
+:func:`ngram_keys`). Where numpy's boolean indexing would meet unpredictable masks, index arrays
+and ``take`` are used instead (several times faster). tests/test_reward_perf_equivalence.py
 checks each piece against the per-response code it replaced.
 """
 
@@ -44,7 +48,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -54,7 +58,16 @@ import pandas as pd
 from relate_common.ad_format import ParsedAd
 
 from reward_fns.config import DiversityConfig
-from reward_fns.text import CP_LIMIT, char_table, code_points, label_spans, normalize_batch, normalize_chars
+from reward_fns.text import (
+    CP_LIMIT,
+    KeyTable,
+    char_table,
+    code_points,
+    label_spans,
+    label_spans_batch,
+    normalize_batch,
+    normalize_chars,
+)
 
 LEXICON_DIR = Path(__file__).parent / "lexicons"
 
@@ -111,6 +124,90 @@ def ngram_keys(
 _ROW_BLOCK = 64  # rows per block: (64, 256) uint64 arrays are 128 KiB
 
 
+def window_validity(valid: np.ndarray, n_min: int, n_max: int) -> dict[int, np.ndarray]:
+    """{n: ok (B, W_n) bool}: every token of the window valid; the ``oks`` of :func:`ngram_keys`
+    without hashing anything. valid: (B, L) bool; n > L gives (B, 0) arrays."""
+    v = np.asarray(valid, dtype=bool)
+    B, L = v.shape
+    oks: dict[int, np.ndarray] = {}
+    ok = v.copy()
+    for n in range(1, n_max + 1):
+        if n > 1:
+            ok = ok[:, :-1] & v[:, n - 1 :] if n <= L else np.zeros((B, 0), dtype=bool)
+        if n >= n_min:
+            oks[n] = ok
+    return oks
+
+
+class WindowKeys(Mapping):
+    """:func:`ngram_keys`' keys (the same numbers), computed where they are read.
+
+    ``keys[n]`` is the whole (B, W_n) uint64 array, hashed on first access; :meth:`at` hashes
+    only the windows asked for. G_high counting reads the keys of its candidate windows, about a
+    fifth of the valid ones (Apriori pruning) and a tenth of the (B, W_n) grids, so the trainer
+    never hashes the rest.
+
+    O(1) per window from per-row prefix sums ``G[t] = sum_{i<t} x_i Q^i`` (Q = P^-1 mod 2^64):
+    the rolling hash of x[t : t + n] is ``sum_j x_{t+j} P^(n-1-j) = (G[t + n] - G[t]) P^(t+n-1)``.
+    """
+
+    def __init__(self, token_ids: np.ndarray, n_min: int, n_max: int):
+        ids = np.asarray(token_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"token_ids must be (B, L), got shape {ids.shape}")
+        self._ids, self.n_min, self.n_max = ids, int(n_min), int(n_max)
+        B, L = ids.shape
+        self._ppow, qpow = _powers(L + 1)
+        g = np.zeros((B, L + 1), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            x = ids.astype(np.uint64)
+            x += np.uint64(1)  # as ngram_keys: token 0 still changes the hash
+            x *= qpow[:L]
+            np.cumsum(x, axis=1, out=g[:, 1:])
+        self._g = g
+        self._full: dict[int, np.ndarray] | None = None
+
+    def at(self, n: int, flat: np.ndarray) -> np.ndarray:
+        """(len(flat),) uint64: keys of the windows of length n at row-major positions ``flat``
+        of the (B, W_n) grid (``keys[n].ravel()[flat]``)."""
+        B, L = self._ids.shape
+        W = L - n + 1
+        if W <= 0 or len(flat) == 0:
+            return np.zeros(0, dtype=np.uint64)
+        b = flat // W
+        t = flat - b * W
+        i = b * (L + 1) + t  # G[b, t], flat
+        with np.errstate(over="ignore"):
+            h = self._g.take(i + n)
+            h -= self._g.take(i)
+            h *= self._ppow.take(t + (n - 1))
+            h ^= np.uint64(n * 0x100000001B3)
+            return _mix64(h)
+
+    def __getitem__(self, n: int) -> np.ndarray:
+        if not self.n_min <= n <= self.n_max:
+            raise KeyError(n)
+        if self._full is None:
+            self._full = ngram_keys(self._ids, np.ones(self._ids.shape, dtype=bool), self.n_min, self.n_max)[0]
+        return self._full[n]
+
+    def __contains__(self, n: object) -> bool:  # without hashing (Mapping's would read keys[n])
+        return isinstance(n, (int, np.integer)) and self.n_min <= n <= self.n_max
+
+    def __iter__(self):
+        return iter(range(self.n_min, self.n_max + 1))
+
+    def __len__(self) -> int:
+        return max(self.n_max - self.n_min + 1, 0)
+
+
+def _keys_at(keys: Mapping[int, np.ndarray], n: int, flat: np.ndarray) -> np.ndarray:
+    """``keys[n].ravel()[flat]``, hashing only those windows when ``keys`` is a :class:`WindowKeys`."""
+    if isinstance(keys, WindowKeys):
+        return keys.at(n, flat)
+    return keys[n].ravel()[flat]
+
+
 def group_threshold(n_groups: int, cfg: DiversityConfig) -> int:
     """Minimum number of distinct groups for an n-gram to be high-frequency."""
     return max(int(cfg.min_groups), int(math.ceil(cfg.min_group_fraction * n_groups)))
@@ -127,7 +224,7 @@ class NgramStats:
     """Batch n-gram statistics and their per-response / per-token consequences."""
 
     n_values: tuple[int, ...]
-    keys: dict[int, np.ndarray]  # n -> (B, W_n) uint64
+    keys: Mapping[int, np.ndarray]  # n -> (B, W_n) uint64 (a WindowKeys: hashed on first read)
     counted: dict[int, np.ndarray]  # n -> (B, W_n) bool, windows entering the statistics
     hits: dict[int, np.ndarray]  # n -> (B, W_n) bool, counted occurrences of G_high n-grams
     high_freq_ngrams: np.ndarray  # (K,) uint64 keys of G_high
@@ -174,7 +271,7 @@ def _group_frequency(
 
 
 def high_freq_ngrams(
-    keys: dict[int, np.ndarray],
+    keys: Mapping[int, np.ndarray],
     oks: dict[int, np.ndarray],
     counted: dict[int, np.ndarray],
     group_codes_: np.ndarray,
@@ -183,8 +280,9 @@ def high_freq_ngrams(
 ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """G_high and its counted occurrences.
 
-    keys / oks / counted: {n: (B, W_n)} (counted is a subset of oks); group_codes_: (B,) int64
-    in [0, n_groups). Returns (G_high keys (K,), their group frequencies (K,),
+    keys / oks / counted: {n: (B, W_n)} (counted is a subset of oks; keys may be a
+    :class:`WindowKeys`, read at the candidate windows only); group_codes_: (B,) int64 in
+    [0, n_groups). Returns (G_high keys (K,), their group frequencies (K,),
     {n: hits (B, W_n) bool}).
 
     Level-wise pruning keeps this near-linear in the number of SHORT windows: an n-gram can only
@@ -201,8 +299,7 @@ def high_freq_ngrams(
     same = all(counted[n] is oks[n] for n in ns)
     g = max(n_groups, 1)
     for n in ns:
-        k = keys[n]
-        B, W = k.shape
+        B, W = oks[n].shape
         cand = oks[n]
         if frequent_prev is not None and n - 1 in keys:
             cand = cand & frequent_prev[:, :W] & frequent_prev[:, 1 : W + 1]
@@ -210,29 +307,29 @@ def high_freq_ngrams(
         hit = np.zeros(B * W, dtype=bool)
         at = np.flatnonzero(cand)  # candidate windows, row-major
         if at.size:
-            gc = group_codes_[at // W] if W else at
-            codes, uniq = pd.factorize(k.ravel()[at])
+            gc = group_codes_.take(at // W) if W else at
+            codes, uniq = pd.factorize(_keys_at(keys, n, at))
             codes = codes.astype(np.int64)
             pairs = pd.unique(codes * g + gc)  # distinct (n-gram, group) pairs
             freq = np.bincount(pairs // g, minlength=len(uniq))
             uniq = np.asarray(uniq)
             hot = freq >= threshold
-            frequent[at] = hot[codes]
+            frequent[at] = hot.take(codes)
             if same:
                 hit = frequent
                 high_keys.append(uniq[hot])
                 high_freq.append(freq[hot])
             else:
-                sel = counted[n].ravel()[at]
-                if sel.any():
+                sel = np.flatnonzero(counted[n].ravel().take(at))  # (take: boolean indexing is slow here)
+                if sel.size:
                     # The counted windows reuse the candidates' codes: frequencies over the
                     # counted subset, G_high keys in order of first counted occurrence (as a
                     # factorisation of the counted keys alone would list them).
-                    c2 = codes[sel]
-                    pairs2 = pd.unique(c2 * g + gc[sel])
+                    c2 = codes.take(sel)
+                    pairs2 = pd.unique(c2 * g + gc.take(sel))
                     f2 = np.bincount(pairs2 // g, minlength=len(uniq))
                     hot2 = f2 >= threshold
-                    hit[at[sel]] = hot2[c2]
+                    hit[at.take(sel)] = hot2.take(c2)
                     order = pd.unique(c2)
                     order = order[hot2[order]]
                     high_keys.append(uniq[order])
@@ -303,7 +400,7 @@ def batch_ngram_statistics(
 
 
 def statistics_from_keys(
-    keys: dict[int, np.ndarray],
+    keys: Mapping[int, np.ndarray],
     oks: dict[int, np.ndarray],
     codes: np.ndarray,
     n_groups: int,
@@ -314,8 +411,10 @@ def statistics_from_keys(
     """:func:`batch_ngram_statistics` after :func:`ngram_keys` and :func:`group_codes` (a caller
     that needs the window validity first, as ``batch_credit`` does, hashes only once).
 
-    keys / oks: from ``ngram_keys(ids, valid, cfg.n_min, cfg.n_max)``; codes: (B,) group codes
-    in [0, n_groups); valid: (B, L) bool.
+    keys / oks: from ``ngram_keys(ids, valid, cfg.n_min, cfg.n_max)``, or ``WindowKeys(ids,
+    cfg.n_min, cfg.n_max)`` / ``window_validity(valid, cfg.n_min, cfg.n_max)`` (the same
+    numbers, hashed only where read; ``NgramStats.keys`` is then that mapping); codes: (B,)
+    group codes in [0, n_groups); valid: (B, L) bool.
     """
     v = valid
     B, L = v.shape
@@ -324,7 +423,7 @@ def statistics_from_keys(
     high, freq, hits = high_freq_ngrams(keys, oks, counted, codes, n_groups, thr)
     count = np.zeros(B, dtype=np.int64)
     for h in hits.values():
-        count += np.count_nonzero(h, axis=1)
+        count += h.view(np.uint8).sum(axis=1, dtype=np.int32)  # (count_nonzero along an axis is 2x slower)
     mask = token_indicator(hits, L) & v
     score, content = diversity_scores(mask, v)
     return NgramStats(
@@ -391,8 +490,9 @@ def batch_ngram_statistics_reference(
 #
 # Everything below works on the whole batch at once: the texts are concatenated and read as code
 # points (reward_fns.text.normalize_batch, CharTable), per-window quantities come from prefix sums
-# read at each token's trimmed start / end, and the prompt-copy test is a hash look-up per window.
-# No Python code runs per character or per token. tests/test_reward_perf_equivalence.py checks
+# read at each token's trimmed start / end, and the prompt-copy test compares window lengths with
+# the length of the prompt's longest match at each start. No Python code runs per character or
+# per token. tests/test_reward_perf_equivalence.py checks
 # every function against the per-response loops it replaced.
 
 
@@ -454,30 +554,153 @@ def _flat_cumsum(x: np.ndarray) -> np.ndarray:
     return out
 
 
+# Character classes of _ASCII_WORD_RE: 1 a-z, 2 0-9, 3 the apostrophe, 0 anything else.
+_WORD_CLASS = np.zeros(128, dtype=np.uint8)
+_WORD_CLASS[ord("a") : ord("z") + 1] = 1
+_WORD_CLASS[ord("0") : ord("9") + 1] = 2
+_WORD_CLASS[ord("'")] = 3
+# A word of up to _PACK_LEN characters as one integer: 6 bits per character (a-z 1..26, 0-9
+# 27..36, ' 37), exact.
+_PACK_LEN = 10
+_PACK_SYMBOL = np.zeros(128, dtype=np.uint64)
+_PACK_SYMBOL[ord("a") : ord("z") + 1] = np.arange(1, 27)
+_PACK_SYMBOL[ord("0") : ord("9") + 1] = np.arange(27, 37)
+_PACK_SYMBOL[ord("'")] = 37
+
+
+def _ascii_words(codes: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spans (start (K,), end (K,)) int64 of ``_ASCII_WORD_RE.finditer`` over every text, in
+    flat positions; codes: (N,) code points of the texts concatenated, text b is
+    ``[bounds[b], bounds[b + 1])``.
+
+    The regex's words are the runs of [a-z0-9], except around an apostrophe: a match that ends
+    a run goes on over "'" and the letters that start the next run (``'[a-z]+``) when that run
+    follows the apostrophe directly and starts with a letter; such a run then starts a word of
+    its own only after those letters (at a digit), and when the letters were the whole run the
+    match that took them ends there, so it cannot take the suffix of the run after it in turn.
+    """
+    N = len(codes)
+    cls = _WORD_CLASS.take(np.minimum(codes, 127))  # 127 (DEL) is in no class
+    word = (cls == 1) | (cls == 2)
+    first = np.zeros(N, dtype=bool)  # first character of a text
+    first[bounds[:-1][np.diff(bounds) > 0]] = True
+    before = np.empty(N, dtype=bool)  # the previous character, in the same text, is a word character
+    before[:1] = False
+    before[1:] = word[:-1]
+    before &= ~first
+    after = np.empty(N, dtype=bool)  # the next character, in the same text, is a word character
+    after[-1:] = False
+    after[:-1] = word[1:] & ~first[1:]
+    st = np.flatnonzero(word & ~before)  # runs [st, en)
+    en = np.flatnonzero(word & ~after) + 1
+    if st.size == 0:
+        return st, en
+    # Run r is linked when "'" sits between it and run r - 1 and it starts with a letter.
+    link = np.zeros(st.size, dtype=bool)
+    link[1:] = (en[:-1] == st[1:] - 1) & (cls.take(st[1:]) == 1) & (codes.take(st[1:] - 1) == ord("'"))
+    link[1:] &= ~(first.take(st[1:] - 1) | first.take(st[1:]))  # the apostrophe in the same text as both runs
+    starts = st.copy()
+    ends = en.copy()
+    has_word = np.ones(st.size, dtype=bool)
+    linked = np.flatnonzero(link)
+    if linked.size:  # rare
+        end_l = en.take(linked)
+        j = st.take(linked)  # -> the end of each linked run's leading letters
+        go = np.ones(linked.size, dtype=bool)
+        while go.any():
+            go &= j < end_l
+            go &= cls.take(np.minimum(j, N - 1)) == 1
+            j += go
+        taken_whole = {}  # run -> its letters were all taken as a suffix
+        for r, jr, er in zip(linked.tolist(), j.tolist(), end_l.tolist()):  # in order: a chain
+            if taken_whole.get(r - 1, False):
+                continue  # the previous match ended with a suffix: no second one
+            ends[r - 1] = jr  # the match over run r - 1 goes on to the end of the letters
+            taken_whole[r] = jr == er
+            if jr == er:
+                has_word[r] = False
+            else:
+                starts[r] = jr
+        keep = np.flatnonzero(has_word)
+        starts, ends = starts.take(keep), ends.take(keep)
+    return starts, ends
+
+
+def _pack_words(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, upto: int = _PACK_LEN) -> np.ndarray:
+    """(K,) uint64 keys of the words [starts, ends) (characters from [a-z0-9']) of at most
+    ``upto`` <= _PACK_LEN characters: 6 bits per character, distinct words distinct keys;
+    longer words get 2^63 + 1, which no word packs to."""
+    length = ends - starts
+    key = np.full(len(starts), 2**63 + 1, dtype=np.uint64)
+    short = np.flatnonzero(length <= upto)
+    s, n = starts.take(short), length.take(short)
+    last = s + np.maximum(n - 1, 0)
+    k = np.zeros(len(short), dtype=np.uint64)
+    for j in range(upto):
+        sym = _PACK_SYMBOL.take(codes.take(np.minimum(s + j, last)))  # inside the word: ASCII
+        sym *= (n > j).astype(np.uint64)
+        sym <<= np.uint64(6 * j)
+        k |= sym
+    key[short] = k
+    return key
+
+
+@lru_cache(maxsize=4)
+def _stopword_keys(path: str) -> np.ndarray | None:
+    """Sorted :func:`_pack_words` keys of the English function words (None: one is too long to
+    pack; words with other characters can never be a ``_ASCII_WORD_RE`` word and are left out)."""
+    en, _ = _stopwords(path)
+    words = [w for w in en if w and all(ord(c) < 128 and _PACK_SYMBOL[ord(c)] for c in w)]
+    if any(len(w) > _PACK_LEN for w in words):
+        return None
+    codes = code_points("".join(words))
+    lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    ends = np.cumsum(lens)
+    return np.unique(_pack_words(codes, ends - lens, ends))
+
+
+@lru_cache(maxsize=4)
+def _stopword_len(path: str) -> int:
+    """Characters of the longest English function word of :func:`_stopword_keys`."""
+    en, _ = _stopwords(path)
+    return max((len(w) for w in en if w and all(ord(c) < 128 and _PACK_SYMBOL[ord(c)] for c in w)), default=0)
+
+
 def _content_flat(chars: "CharArrays", stopwords: str | None) -> np.ndarray:
     """(N,) bool over the flat characters: letters / digits that are not inside a function word.
 
     English function words are whole ASCII words (``_ASCII_WORD_RE``) looked up in a set;
     Chinese ones are single characters (a table look-up) or, if the file has longer ones, a regex.
-    One ``split`` over the batch joined by NUL (which no normalised text holds, and no word
-    pattern matches) finds the same words as a ``finditer`` per text.
+    The words of the whole batch come from array code (:func:`_ascii_words`), each packed into
+    an integer and looked up among the function words' (:func:`_pack_words`); a stopword file
+    with words too long to pack uses one ``split`` over the batch joined by NUL (which no
+    normalised text holds, and no word pattern matches) instead.
     """
     alnum = chars.flat_alnum
     if not stopwords:
         return alnum.copy()
     en, _ = _stopwords(stopwords)
     single, multi = _stopword_chars(stopwords)
-    stop = single[chars.norm_codes]  # (N,)
-    joined = "\x00".join(chars.texts)  # text b's character c is joined[bounds[b] + b + c]
+    stop = single.take(chars.norm_codes)  # (N,)
+    codes = chars.norm_codes
+    stop_keys = _stopword_keys(stopwords)
+    if stop_keys is not None:
+        a, e = _ascii_words(codes, chars.bounds)
+        key = _pack_words(codes, a, e, _stopword_len(stopwords))  # longer words: no function word
+        at = np.minimum(np.searchsorted(stop_keys, key), max(len(stop_keys) - 1, 0))
+        hit = np.flatnonzero(stop_keys.take(at) == key) if len(stop_keys) else np.zeros(0, dtype=np.int64)
+        stop |= _mark_spans(len(stop), a.take(hit), e.take(hit))
     spans_a: list[np.ndarray] = []
     spans_e: list[np.ndarray] = []
-    parts = _ASCII_WORD_SPLIT.split(joined)
-    if len(parts) > 1:
-        ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))
-        words = parts[1::2]
-        is_stop = np.fromiter(map(en.__contains__, words), dtype=bool, count=len(words))
-        spans_a.append(ends[0:-1:2][is_stop])  # end of the piece before each word
-        spans_e.append(ends[1::2][is_stop])
+    joined = "\x00".join(chars.texts) if (stop_keys is None or multi is not None) else ""
+    if stop_keys is None:  # text b's character c is joined[bounds[b] + b + c]
+        parts = _ASCII_WORD_SPLIT.split(joined)
+        if len(parts) > 1:
+            ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))
+            words = parts[1::2]
+            is_stop = np.fromiter(map(en.__contains__, words), dtype=bool, count=len(words))
+            spans_a.append(ends[0:-1:2][is_stop])  # end of the piece before each word
+            spans_e.append(ends[1::2][is_stop])
     if multi is not None:
         found = [m.span() for m in multi.finditer(joined)]
         if found:
@@ -532,8 +755,9 @@ class CharArrays:
         table.ensure(nb.norm_codes)
         out = cls(nb.texts, width, bounds=nb.bounds, codes=nb.codes, norm_codes=nb.norm_codes,
                   rows=np.repeat(np.arange(B, dtype=np.int64), lens),
-                  flat_nonspace=table.nonspace[nb.norm_codes], flat_alnum=table.alnum[nb.norm_codes])
-        out.tok_start, out.tok_end = _trimmed_token_spans_flat(out, np.asarray(offsets, dtype=np.int64))
+                  flat_nonspace=table.nonspace.take(nb.norm_codes), flat_alnum=table.alnum.take(nb.norm_codes))
+        out.tok_start, out.tok_end, *flat = _trimmed_token_spans_flat(out, np.asarray(offsets, dtype=np.int64))
+        out.__dict__["_flat_tokens"] = tuple(flat)
         return out
 
     def to_rows(self, flat: np.ndarray) -> np.ndarray:
@@ -550,6 +774,14 @@ class CharArrays:
         out = np.minimum(pos, np.diff(self.bounds)[:, None])
         out += self.bounds[:-1][:, None]
         return out
+
+    def flat_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """(``flat_index(tok_start)``, ``flat_index(tok_end)``), computed once (the content mask,
+        the eligibility and the copy scan all read them)."""
+        got = self.__dict__.get("_flat_tokens")
+        if got is None:
+            got = self.__dict__["_flat_tokens"] = (self.flat_index(self.tok_start), self.flat_index(self.tok_end))
+        return got
 
 
 def _cached_rows(name: str, flat_name: str):
@@ -580,7 +812,7 @@ def _as_flat(chars: CharArrays | None, responses: Sequence[str], offsets: np.nda
 
 def content_token_mask(
     responses: Sequence[str],
-    parsed: Sequence[ParsedAd],
+    parsed: Sequence[ParsedAd] | None,
     offsets: np.ndarray,
     mask: np.ndarray,
     chars: CharArrays | None = None,
@@ -590,34 +822,49 @@ def content_token_mask(
     A token counts when it is inside the response (``mask``), has a non-empty character span,
     and its characters (leading / trailing spaces trimmed) avoid the field labels ("Title: ",
     "标题：") and line breaks. Labels are fixed by the format: every response shares them.
+    parsed: ``parse_ad`` of every response, or None to find the labels batch-wise
+    (:func:`reward_fns.text.label_spans_batch`, the same spans).
     """
     chars = _as_flat(chars, responses, offsets)
     width = chars.width
     N = len(chars.codes)
-    bounds = chars.bounds.tolist()
-    a_list: list[int] = []
-    e_list: list[int] = []
-    for b, (resp, p) in enumerate(zip(responses, parsed)):
-        for a, e in label_spans(resp, p):
-            a_list.append(bounds[b] + a)
-            e_list.append(bounds[b] + e)
-    noncontent = _mark_spans(N, np.asarray(a_list, dtype=np.int64), np.asarray(e_list, dtype=np.int64))
+    if parsed is None:
+        rows, a_lab, e_lab = label_spans_batch(responses)
+    else:
+        spans = [(b, a, e) for b, (resp, p) in enumerate(zip(responses, parsed)) for a, e in label_spans(resp, p)]
+        rows, a_lab, e_lab = np.asarray(spans, dtype=np.int64).reshape(-1, 3).T
+    base = chars.bounds.take(rows)
+    noncontent = _mark_spans(N, base + a_lab, base + e_lab)
     codes = chars.codes
     noncontent |= (codes == 10) | (codes == 13)  # line breaks (\r, \n) of the original text
     cum = _flat_cumsum(noncontent)
     s_tok, e_tok = chars.tok_start, chars.tok_end
-    raw_s = np.clip(offsets[..., 0], 0, width - 1)
-    raw_e = np.clip(offsets[..., 1], 0, width - 1)
-    has = e_tok > s_tok
+    raw_s = np.maximum(offsets[..., 0], 0)
+    np.minimum(raw_s, width - 1, out=raw_s)
+    raw_e = np.maximum(offsets[..., 1], 0)
+    np.minimum(raw_e, width - 1, out=raw_e)
     ok = np.asarray(mask, dtype=bool) & (raw_e > raw_s)
-    a = np.where(has, s_tok, raw_s)
-    e = np.where(has, e_tok, raw_e)
-    ok &= cum[chars.flat_index(e)] == cum[chars.flat_index(a)]  # no label / line break inside
+    has = e_tok > s_tok
+    # No label / line break inside: the trimmed span [s_tok, e_tok) when it has characters (then
+    # inside its text: flat_tokens), else the raw one (whitespace tokens: few, done apart).
+    fs, fe = chars.flat_tokens()
+    raw = np.flatnonzero(ok & ~has)
+    ok &= has
+    ok &= cum.take(fe) == cum.take(fs)
+    if raw.size:
+        row = raw // raw_s.shape[1]
+        end, base = chars.bounds.take(row + 1), chars.bounds.take(row)
+        a = np.minimum(raw_s.ravel().take(raw) + base, end)  # flat_index of the raw span
+        e = np.minimum(raw_e.ravel().take(raw) + base, end)
+        ok.ravel()[raw] = cum.take(e) == cum.take(a)
     return ok
 
 
-def _trimmed_token_spans_flat(chars: CharArrays, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per token, its span with leading / trailing whitespace removed: (start (B, L), end (B, L)).
+def _trimmed_token_spans_flat(
+    chars: CharArrays, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per token, its span with leading / trailing whitespace removed: (start (B, L), end (B, L)),
+    and the same as flat positions (``chars.flat_index`` of both: see :meth:`CharArrays.flat_tokens`).
 
     start: the next non-space character at or after the token's start in its text (``width``
     if none); end: one past the last non-space character before its end (0 if none); so a
@@ -629,24 +876,30 @@ def _trimmed_token_spans_flat(chars: CharArrays, offsets: np.ndarray) -> tuple[n
     N = len(chars.flat_nonspace)
     lens = np.diff(chars.bounds)[:, None]
     base = chars.bounds[:-1][:, None]
-    pos = np.arange(N, dtype=np.int64)
-    nxt = np.empty(N + 1, dtype=np.int64)  # next non-space at or after f (N: none); nxt[f] >= f
+    end = chars.bounds[1:][:, None]
+    # int32 positions where they fit: half the memory traffic of the running minima / maxima
+    small = np.int32 if N < 2**31 - 1 else np.int64
+    nonspace = chars.flat_nonspace
+    nxt = np.empty(N + 1, dtype=small)  # next non-space at or after f (N: none); nxt[f] >= f
     nxt[N] = N
-    nxt[:N] = np.where(chars.flat_nonspace, pos, N)
+    np.copyto(nxt[:N], np.arange(N, dtype=small))
+    nxt[:N][~nonspace] = N
     nxt = np.minimum.accumulate(nxt[::-1])[::-1]
-    prv = np.zeros(N + 1, dtype=np.int64)  # (last non-space before f) + 1 (0: none)
-    np.maximum.accumulate(np.where(chars.flat_nonspace, pos + 1, 0), out=prv[1:])
-    f = np.clip(offsets[..., 0], 0, lens)
+    prv = np.zeros(N + 1, dtype=small)  # (last non-space before f) + 1 (0: none)
+    np.maximum.accumulate(np.arange(1, N + 1, dtype=small) * nonspace, out=prv[1:])
+    f = np.maximum(offsets[..., 0], 0)
+    np.minimum(f, lens, out=f)
     f += base
-    g = nxt[f]
-    g -= base
-    s = np.where(g < lens, g, width)  # past the text's end: none in this text
-    f = np.clip(offsets[..., 1], 0, lens)
+    fs = nxt.take(f).astype(np.int64)  # >= the token's start, so >= its text's start
+    s = fs - base
+    s[fs >= end] = width  # past the text's end: none in this text
+    np.minimum(fs, end, out=fs)
+    f = np.maximum(offsets[..., 1], 0)
+    np.minimum(f, lens, out=f)
     f += base
-    e = prv[f]
-    e -= base
-    np.maximum(e, 0, out=e)
-    return s, e
+    fe = prv.take(f).astype(np.int64)  # <= the token's end, so <= its text's end
+    np.maximum(fe, base, out=fe)
+    return s, fe - base, fs, fe
 
 
 def text_eligibility(
@@ -678,13 +931,12 @@ def text_eligibility(
     """
     B = len(responses)
     chars = _as_flat(chars, responses, offsets)
-    fs = chars.flat_index(chars.tok_start)
-    fe = chars.flat_index(chars.tok_end)
+    fs, fe = chars.flat_tokens()
     ns = sorted(oks)
     alnum_cum = _flat_cumsum(chars.flat_alnum)
     content_cum = _flat_cumsum(_content_flat(chars, cfg.stopwords))
-    a_s, a_e = alnum_cum[fs], alnum_cum[fe]
-    c_s, c_e = content_cum[fs], content_cum[fe]
+    a_s, a_e = alnum_cum.take(fs), alnum_cum.take(fe)
+    c_s, c_e = content_cum.take(fs), content_cum.take(fe)
     k = int(cfg.min_ngram_chars) if float(cfg.min_ngram_chars).is_integer() else math.ceil(cfg.min_ngram_chars)
     need = a_s + k  # letters >= k  <=>  a_e >= a_s + k (k > 0; always true otherwise)
     out: dict[int, np.ndarray] = {}
@@ -698,11 +950,11 @@ def text_eligibility(
             o &= a_e[:, n - 1 : n - 1 + W] >= need[:, :W]
         out[n] = o
     if cfg.exclude_prompt_copies and prompt_texts is not None and ns:
-        copied_cum = _flat_cumsum(_copied_chars(chars, oks, out, prompt_texts, ns))
+        copied_cum = _flat_cumsum(_copied_chars(chars, oks, out, prompt_texts, ns, fs, fe))
         # Exclude every window that touches a copied n-gram, not only the copies themselves:
         # "，全国包邮" or "shipping today" around a copied "全国包邮" / "free shipping" would
         # otherwise carry the prompt's words into G_high through their neighbours.
-        p_s, p_e = copied_cum[fs], copied_cum[fe]
+        p_s, p_e = copied_cum.take(fs), copied_cum.take(fe)
         for n in ns:
             W = oks[n].shape[1]
             if W:
@@ -712,75 +964,136 @@ def text_eligibility(
 
 # -- the prompt-copy test -------------------------------------------------------------------------
 
-_COPY_BUDGET = 8_000_000  # prompt substrings to hash; beyond it the per-window loop is cheaper
+_COPY_BUDGET = 8_000_000  # (start, prompt position) pairs to extend; beyond it the per-window loop is cheaper
 
 
 def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(P^k, Q^k) for k < size, uint64 (Q = P^-1 mod 2^64)."""
-    ppow = np.empty(size, dtype=np.uint64)
-    qpow = np.empty(size, dtype=np.uint64)
-    ppow[0] = qpow[0] = 1
-    with np.errstate(over="ignore"):
-        if size > 1:
-            ppow[1:] = _P
-            qpow[1:] = _P_INV
-            np.cumprod(ppow, out=ppow)
-            np.cumprod(qpow, out=qpow)
-    return ppow, qpow
+    """(P^k, Q^k) for k < size, uint64 (Q = P^-1 mod 2^64).
 
-
-def _poly_prefix(codes: np.ndarray, qpow: np.ndarray) -> np.ndarray:
-    """Prefix sums G (N + 1,) of x_k * Q^k, x = code + 1 (uint64, wrapping; len(qpow) >= N).
-
-    The hash of characters [s, e) is ``(G[e] - G[s]) * P^s = sum_j x_{s+j} Q^j``: it does not
-    depend on where the characters are, so text windows and prompt substrings compare by it.
+    In blocks of 1024: P^(1024 i + j) = P^(1024 i) * P^j, two short running products and one
+    vectorised multiply (a running product over the whole length is one slow sequential pass).
     """
-    n = len(codes)
-    g = np.zeros(n + 1, dtype=np.uint64)
+    block = 1024
+    rows = -(-max(size, 1) // block)
+    out = []
     with np.errstate(over="ignore"):
-        np.cumsum((codes.astype(np.uint64) + np.uint64(1)) * qpow[:n], out=g[1:])
-    return g
-
-
-def _window_hash(g: np.ndarray, ppow: np.ndarray, s: np.ndarray, e: np.ndarray, prompt: np.ndarray) -> np.ndarray:
-    """Key of characters [s, e) (flat positions) of the text of ``prompt`` (its id):
-    ``(g[e] - g[s]) * P^s + prompt * K`` (uint64, wrapping). The length is left out: two strings
-    of different lengths share a key with probability 2^-64, and every hit is checked anyway."""
-    with np.errstate(over="ignore"):
-        h = g[e]
-        h -= g[s]
-        h *= ppow[s]
-        h += prompt.astype(np.uint64) * _TAG_MUL
-        return h
+        for base in (_P, _P_INV):
+            within = np.full(block, base, dtype=np.uint64)
+            within[0] = 1
+            np.cumprod(within, out=within)  # base^j, j < block
+            step = np.full(rows, within[-1] * base, dtype=np.uint64)
+            step[0] = 1
+            np.cumprod(step, out=step)  # base^(block i)
+            out.append(np.multiply.outer(step, within).ravel()[:size])
+    return out[0], out[1]
 
 
 _P_INV = np.uint64(pow(int(_P), -1, 2**64))
-_TAG_MUL = np.uint64(0xD6E8FEB86659FD93)
+_KeyTable = KeyTable  # exact tables of packed characters (reward_fns.text)
 
 
-class _KeyTable:
-    """Hash table uint64 key -> row (pandas' C hash table; a sorted array where unavailable)."""
+def _triples(codes: np.ndarray) -> np.ndarray:
+    """(len(codes),) uint64: codes[i], codes[i + 1], codes[i + 2] packed 21 bits each (0 past the end)."""
+    n = len(codes)
+    pad = np.zeros(n + 2, dtype=np.uint64)
+    pad[:n] = codes
+    out = pad[2:] << np.uint64(42)
+    out |= pad[1:-1] << np.uint64(21)
+    out |= pad[:-2]
+    return out
 
-    def __init__(self, keys: np.ndarray):
-        try:
-            from pandas._libs.hashtable import UInt64HashTable
 
-            self._ht = UInt64HashTable(max(len(keys), 1))
-            self._ht.map_locations(keys)
-            self._sorted = None
-        except Exception:  # pragma: no cover - private pandas API moved
-            self._ht = None
-            self._order = np.argsort(keys, kind="stable")
-            self._sorted = keys[self._order]
+def _match_lengths(
+    codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, prompt: np.ndarray, prompt_texts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Matching statistics: per start s, the length of the longest prefix of ``codes[s : end]``
+    that occurs in ``prompt_texts[prompt]`` (a window [s, e) of the text is a copy iff
+    e - s <= that length: substrings of a prompt are closed under taking prefixes).
 
-    def lookup(self, q: np.ndarray) -> np.ndarray:
-        """(len(q),) int64: a row holding each key, -1 where none does."""
-        if self._ht is not None:
-            return np.asarray(self._ht.lookup(q), dtype=np.int64)
-        if len(self._sorted) == 0:  # pragma: no cover
-            return np.full(len(q), -1, dtype=np.int64)
-        i = np.minimum(np.searchsorted(self._sorted, q), len(self._sorted) - 1)  # pragma: no cover
-        return np.where(self._sorted[i] == q, self._order[i], -1)  # pragma: no cover
+    codes: (N,) code points of the texts concatenated; starts / ends / prompt: (K,) start
+    (< end), end of its text, prompt number. Returns ((K,) int64 lengths, (K,) bool starts whose
+    look-ups a table answered wrongly: never, the keys are exact; the caller redoes those by
+    string search), or None when more than _COPY_BUDGET (start, position) pairs would be extended.
+
+    Exact, no hashing: the prompts' characters and pairs of characters (packed: prompt, code,
+    next code) index their positions; every prompt position holding the start's first two
+    characters is a candidate, extended one character at a time while both sides agree; a start
+    whose first two characters are nowhere in its prompt matches 1 or 0 characters.
+    """
+    K = len(starts)
+    out = np.zeros(K, dtype=np.int64)
+    bad = np.zeros(K, dtype=bool)
+    pcodes = code_points("\x00".join(prompt_texts) + "\x00")  # each prompt ends with a NUL
+    plens = np.fromiter(map(len, prompt_texts), dtype=np.int64, count=len(prompt_texts))
+    prompt_of = np.repeat(np.arange(len(prompt_texts), dtype=np.uint64), plens + 1)
+    at = np.flatnonzero(pcodes[:-1] != 0)  # prompt characters (NUL separates fields, ends prompts)
+    u21 = np.uint64(21)
+    pair = (prompt_of.take(at) << np.uint64(42)) | (pcodes.take(at).astype(np.uint64) << u21) | pcodes.take(at + 1)
+    order = np.argsort(pair, kind="stable")
+    pair, ppos = pair.take(order), at.take(order)  # sorted: the positions of one pair are consecutive
+    first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if len(pair) else np.zeros(0, dtype=np.int64)
+    pair_keys = pair.take(first)
+    count = np.diff(np.r_[first, len(pair)])
+    single = pair >> u21  # (prompt, code), sorted too
+    single_keys = single.take(np.flatnonzero(np.r_[True, single[1:] != single[:-1]])) if len(single) else single
+    if K == 0 or len(pair_keys) == 0:
+        return out, bad
+    c0 = codes.take(starts).astype(np.uint64)
+    p64 = prompt.astype(np.uint64)
+    key = (p64 << u21) | c0
+    row = _KeyTable(single_keys).lookup(key)
+    has = row >= 0
+    wrong = has & (single_keys.take(np.maximum(row, 0)) != key)
+    bad |= wrong
+    has &= ~wrong
+    out[has] = 1  # the first character occurs in the prompt
+    q = np.flatnonzero(has & (starts + 1 < ends))
+    key = (p64.take(q) << np.uint64(42)) | (c0.take(q) << u21) | codes.take(starts.take(q) + 1)
+    row = _KeyTable(pair_keys).lookup(key)
+    found = row >= 0
+    wrong = found & (pair_keys.take(np.maximum(row, 0)) != key)
+    bad[q.take(np.flatnonzero(wrong))] = True
+    f = np.flatnonzero(found & ~wrong)
+    q, row = q.take(f), row.take(f)
+    cnt = count.take(row)
+    total = int(cnt.sum())
+    if total > _COPY_BUDGET:
+        return None
+    if total == 0:
+        return out, bad
+    # Candidates (start, prompt position), grouped by start; both sides agree on 2 characters.
+    lo = first.take(row)
+    owner = np.repeat(np.arange(len(q), dtype=np.int64), cnt)
+    s0 = np.repeat(starts.take(q), cnt)
+    cand = ppos.take(np.arange(total, dtype=np.int64) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt))
+    shift = cand - s0  # prompt position - text position
+    end = np.repeat(ends.take(q), cnt)
+    stop = s0 + 2  # where each candidate's agreement ends
+    # Three characters per step while three are left in the text (packed 21 bits each: equal
+    # packs, equal characters; a NUL of the prompt never equals a text character), then one at
+    # a time for the last two.
+    p3 = _triples(pcodes)
+    act, s, sh, e = np.arange(total, dtype=np.int64), stop.copy(), shift, end
+    while act.size:
+        go = s + 3 <= e
+        t3 = codes.take(s + 2, mode="clip").astype(np.uint64) << np.uint64(42)  # (read only where 3 are left)
+        t3 |= codes.take(s + 1, mode="clip").astype(np.uint64) << np.uint64(21)
+        t3 |= codes.take(s, mode="clip")
+        go &= t3 == p3.take(s + sh, mode="clip")
+        keep = np.flatnonzero(go)
+        if keep.size < act.size:
+            done = np.flatnonzero(~go)
+            stop[act.take(done)] = s.take(done)
+        act, s, sh, e = act.take(keep), s.take(keep) + 3, sh.take(keep), e.take(keep)
+    for _ in range(2):  # (a candidate that stopped stays stopped: the same test again)
+        go = stop < end
+        pc = pcodes.take(stop + shift, mode="clip")
+        go &= codes.take(stop, mode="clip") == pc
+        go &= pc != 0
+        stop += go
+    gfirst = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    out[q] = np.maximum.reduceat(stop - np.repeat(starts.take(q), cnt), gfirst)
+    return out, bad
 
 
 def _copied_chars(
@@ -789,21 +1102,20 @@ def _copied_chars(
     counts: dict[int, np.ndarray],
     prompt_texts: Sequence[str],
     ns: list[int],
+    flat_start: np.ndarray | None = None,
+    flat_end: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N,) bool over the flat characters: inside a copied n-gram (see :func:`text_eligibility`).
 
     Per token t (the windows starting there, shortest first): a window whose span is empty says
     nothing and the scan goes on; the first window whose text does not occur in the prompt ends
     the scan; the last copy that counts (``counts``: enough letters and a content word) before
-    that marks its characters. All scans advance together, one window length at a time: a
-    window's text occurs in the prompt iff its hash is one of the prompt's substring hashes.
-    Only substrings that could equal a window are hashed: no NUL inside (NUL separates the
-    fields and never occurs in normalised text), first and last character not a space (a
-    window's span is trimmed). A hash miss is certain; a hit is certain up to a 64-bit
-    collision, so the longest hit of every scan that marks characters is compared character by
-    character (each other hit of the scan is a prefix of it), and a scan with a false hit (never
-    seen) is redone by string search. The result is exactly the per-window string search's
-    (:func:`_copied_chars_loop`).
+    that marks its characters. Every window of one scan starts where the scan does, so one
+    number per scan decides all of them: the longest prefix of the text from there that occurs
+    in the prompt (:func:`_match_lengths`); the scans then advance together, one window length
+    at a time, comparing lengths. The result is exactly the per-window string search's
+    (:func:`_copied_chars_loop`). flat_start / flat_end: ``chars.flat_index`` of the tokens'
+    trimmed starts / ends, when the caller has them.
     """
     B, N = len(chars.texts), len(chars.norm_codes)
     s_tok, e_tok = chars.tok_start, chars.tok_end
@@ -814,103 +1126,71 @@ def _copied_chars(
     pid = np.fromiter((index.setdefault(p, len(index)) if p else -1 for p in prompts), dtype=np.int64, count=B)
     if W0 == 0 or not index:
         return np.zeros(N, dtype=bool)
-    # The scans: one per (response with a prompt, token t with a valid first window).
+    if flat_start is None:
+        flat_start = chars.flat_index(s_tok)
+    fe_all = (flat_end if flat_end is not None else chars.flat_index(e_tok)).ravel()
+    # The scans: one per (response with a prompt, token t with a valid first window) that starts
+    # inside its text (one starting past its text tests no window).
     wid = np.flatnonzero(np.pad(oks[ns[0]] & (pid >= 0)[:, None], ((0, 0), (0, Lw - W0))))  # b * Lw + t
+    cb = wid // Lw
+    fs = flat_start.ravel().take(wid)
+    end = chars.bounds.take(cb + 1)
+    inside = np.flatnonzero(fs < end)
+    if inside.size < wid.size:
+        wid, cb, fs, end = wid.take(inside), cb.take(inside), fs.take(inside), end.take(inside)
     if wid.size == 0:
         return np.zeros(N, dtype=bool)
-    cb = wid // Lw
-    cs = s_tok.ravel()[wid]
-
-    uniq = list(index)
-    pcodes = code_points("\x00".join(uniq))
-    M = len(pcodes)
-    table_c = char_table()
-    table_c.ensure(pcodes)
-    pnonspace = table_c.nonspace[pcodes] & (pcodes != 0)
-    pos = np.arange(M, dtype=np.int64)
-    nxt = np.where(pcodes == 0, pos, M)
-    run = np.minimum.accumulate(nxt[::-1])[::-1] - pos  # characters from i to the field's end
-    run[~pnonspace] = 0  # a window starts with a non-space character
-    if int(run.sum()) > _COPY_BUDGET:  # long fields: hash only substrings as long as a window
-        lmax = 0
-        for n in ns:
-            W = oks[n].shape[1]
-            if W:
-                d = np.where(oks[n] & (pid >= 0)[:, None], e_tok[:, n - 1 : n - 1 + W] - s_tok[:, :W], 0)
-                lmax = max(lmax, int(d.max(initial=0)))
-        run = np.minimum(run, lmax)
-        if int(run.sum()) > _COPY_BUDGET:
-            return _copied_chars_loop(chars, oks, counts, prompts, ns)
-    total = int(run.sum())
-    plens = np.fromiter(map(len, uniq), dtype=np.int64, count=len(uniq))
-    prompt_of = np.repeat(np.arange(len(uniq), dtype=np.int64), plens + 1)[:M]
-    sub_i = np.repeat(pos, run)  # prompt substrings [sub_i, sub_i + sub_l) without NUL
-    sub_l = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(run) - run, run) + 1
-    last_ok = pnonspace[sub_i + sub_l - 1]  # ... that end with a non-space character
-    sub_i, sub_l = sub_i[last_ok], sub_l[last_ok]
-    tcodes = chars.norm_codes
-    ppow, qpow = _powers(max(M, len(tcodes)) + 1)
-    g_p = _poly_prefix(pcodes, qpow)
-    g_t = _poly_prefix(tcodes, qpow)
-    table = _KeyTable(_window_hash(g_p, ppow, sub_i, sub_i + sub_l, prompt_of[sub_i]))
-
-    # Per scan, the key of text [s, e) is g_t[e] * pw + c0 (see _window_hash).
-    rstart = chars.bounds[:-1][cb]
-    fs = rstart + cs
-    fs_in = np.minimum(fs, len(tcodes))  # a scan starting past its text never tests a window
-    pw = ppow[fs_in]
-    with np.errstate(over="ignore"):
-        c0 = pid[cb].astype(np.uint64) * _TAG_MUL - g_t[fs_in] * pw
-    K = wid.size
-    region = np.full(K, -1, dtype=np.int64)
-    best = np.full(K, -1, dtype=np.int64)  # end of the longest hit of each scan
-    e_flat = e_tok.ravel()
-    act = np.arange(K, dtype=np.int64)  # scans still going, their first token (b * Lw + t), start
-    aw, acs = wid, cs
-    with np.errstate(over="ignore"):
-        for n in ns:
-            Wn = oks[n].shape[1]
-            okn = np.pad(oks[n], ((0, 0), (0, Lw - Wn))).ravel() if Wn < Lw else oks[n].ravel()
-            ok = okn[aw]  # False past the row's last window: the scan stops there
-            e = np.take(e_flat, aw + (n - 1), mode="clip")
-            tested = np.flatnonzero(ok & (e > acs))
-            if tested.size:
-                ta, te = act[tested], e[tested]
-                h = g_t[rstart[ta] + te]
-                h *= pw[ta]
-                h += c0[ta]
-                hit = table.lookup(h) >= 0
-                ha, he = ta[hit], te[hit]
-                best[ha] = np.maximum(best[ha], he)
-                cn = np.pad(counts[n], ((0, 0), (0, Lw - Wn))).ravel() if Wn < Lw else counts[n].ravel()
-                c = cn[wid[ha]]
-                region[ha[c]] = he[c]
-                ok[tested[~hit]] = False  # not a copy: the scan ends
-            act, aw, acs = act[ok], aw[ok], acs[ok]
-            if act.size == 0:
-                break
-
-    marks = np.flatnonzero(region > cs)
-    if marks.size == 0:
-        return np.zeros(N, dtype=bool)
-    mb, ms, ends = cb[marks], cs[marks], region[marks]
-    # Character check of the longest hit of every scan that marks characters.
-    mfs = fs[marks]
-    ln = best[marks] - ms
-    with np.errstate(over="ignore"):
-        loc = table.lookup(_window_hash(g_t, ppow, mfs, mfs + ln, pid[mb]))
-    ps = sub_i[loc]
-    good = (loc >= 0) & (sub_l[loc] == ln) & (prompt_of[ps] == pid[mb])
-    k = np.arange(int(ln.sum()), dtype=np.int64) - np.repeat(np.cumsum(ln) - ln, ln)
-    differ = tcodes[np.repeat(mfs, ln) + k] != pcodes[np.minimum(np.repeat(ps, ln) + k, M - 1)]
-    if differ.any():
-        good[np.repeat(np.arange(marks.size), ln)[differ]] = False
-    for j in np.flatnonzero(~good).tolist():  # a 64-bit collision: string search for that scan
-        b, t = int(mb[j]), int(wid[marks[j]] % Lw)
-        ends[j] = _scan_copy(chars.texts[b], prompts[b], t, s_tok[b], e_tok[b], oks, counts, b, ns)
-    keep = ends > ms
-    row0 = chars.bounds[mb][keep]
-    return _mark_spans(N, row0 + ms[keep], row0 + ends[keep])
+    # One match length per start: tokens that begin inside the same character (a Chinese
+    # character is often two or three tokens) share it.
+    new_start = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
+    got = _match_lengths(chars.norm_codes, fs.take(new_start), end.take(new_start), pid.take(cb.take(new_start)), list(index))
+    if got is None:
+        return _copied_chars_loop(chars, oks, counts, prompts, ns)
+    same = np.cumsum(np.r_[True, fs[1:] != fs[:-1]]) - 1  # scan -> its start's entry
+    ms, bad = got[0].take(same), got[1].take(same)
+    # A scan whose first character is not in its prompt copies nothing.
+    live = np.flatnonzero((ms > 0) & ~bad)
+    K = live.size
+    region = np.full(K, -1, dtype=np.int64)  # flat end of the last counted copy of each scan
+    okn = np.zeros((B, Lw), dtype=bool)  # oks[n] laid out on the scans' (B, Lw) grid
+    # The scans still going, compacted every level: index, first token b * Lw + t, flat start,
+    # longest copy. (Index arrays and ``take``: numpy's boolean indexing is several times slower
+    # on masks as unpredictable as these.)
+    act, aw, afs, ams = np.arange(K, dtype=np.int64), wid.take(live), fs.take(live), ms.take(live)
+    for n in ns:
+        if act.size == 0:
+            break
+        Wn = oks[n].shape[1]
+        okn[:, :Wn] = oks[n]
+        okn[:, Wn:] = False
+        ok = okn.ravel().take(aw)  # False past the row's last window: the scan stops there
+        e = fe_all.take(aw + (n - 1), mode="clip")  # (read only where ok)
+        tested = ok & (e > afs)  # an empty span says nothing: the scan goes on
+        hit = tested & (e - afs <= ams)
+        hi = np.flatnonzero(hit)
+        if hi.size:
+            ha, he, hw = act.take(hi), e.take(hi), aw.take(hi)
+            hb = hw // Lw
+            c = np.flatnonzero(counts[n].ravel().take(hb * Wn + (hw - hb * Lw)))  # (b, t) on counts[n]'s (B, Wn) grid
+            region[ha.take(c)] = he.take(c)
+        keep = np.flatnonzero(ok & (hit | ~tested))  # not a copy: the scan ends
+        act, aw, afs, ams = act.take(keep), aw.take(keep), afs.take(keep), ams.take(keep)
+    fs_live = fs.take(live)
+    marks = np.flatnonzero(region > fs_live)
+    starts, stops = fs_live.take(marks), region.take(marks)
+    redo = np.flatnonzero(bad)
+    if redo.size:  # a table answered wrongly (never seen): string search for those scans
+        extra_s, extra_e = [], []
+        for j in redo.tolist():
+            b, t = int(cb[j]), int(wid[j] % Lw)
+            stop = _scan_copy(chars.texts[b], prompts[b], t, s_tok[b], e_tok[b], oks, counts, b, ns)
+            row0 = int(chars.bounds[b])
+            if stop > int(s_tok[b, t]):
+                extra_s.append(row0 + int(s_tok[b, t]))
+                extra_e.append(row0 + stop)
+        starts = np.concatenate([starts, np.asarray(extra_s, dtype=np.int64)])
+        stops = np.concatenate([stops, np.asarray(extra_e, dtype=np.int64)])
+    return _mark_spans(N, starts, stops)
 
 
 def _scan_copy(
@@ -943,7 +1223,7 @@ def _copied_chars_loop(
     prompts: Sequence[str],
     ns: list[int],
 ) -> np.ndarray:
-    """:func:`_copied_chars` by string search per window (for prompts too long to hash)."""
+    """:func:`_copied_chars` by string search per window (for prompts too long to index)."""
     B = len(chars.texts)
     copied = np.zeros(len(chars.norm_codes), dtype=bool)
     W0 = oks[ns[0]].shape[1]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from reward_fns.config import RiskConfig
-from reward_fns.text import CP_LIMIT, code_points, literal_alternation_parts, normalize_chars
+from reward_fns.text import CP_LIMIT, KeyTable, code_points, literal_alternation_parts, normalize_chars
 from reward_fns.types import ComponentScore, Span, Trigger
 
 LEXICON_DIR = Path(__file__).parent / "lexicons"
@@ -158,8 +158,14 @@ class Lexicon:
         norm = normalize_chars(response) if normalized is None else normalized
         return self.find_many([response], [norm])[0]
 
-    def find_many(self, responses: Sequence[str], normalized: Sequence[str] | None = None) -> list[list[RiskHit]]:
-        """:meth:`find` of every response (``normalized``: their ``normalize_chars``, if known).
+    def find_many(
+        self,
+        responses: Sequence[str],
+        normalized: Sequence[str] | None = None,
+        flat: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[list[RiskHit]]:
+        """:meth:`find` of every response (``normalized``: their ``normalize_chars``, if known;
+        flat: the code points of those concatenated and their bounds, see :func:`literal_presence`).
 
         Most responses hold no blacklisted term. Every regex (for the lexicon's literal
         alternations: every alternative) has required strings (:func:`required_literals`, e.g.
@@ -172,13 +178,11 @@ class Lexicon:
         norms = [normalize_chars(r) for r in responses] if normalized is None else list(normalized)
         B = len(norms)
         plan = self._scan_plan()
-        present = literal_presence(norms, plan.literals)  # (literals, B) bool
+        present = literal_presence(norms, plan.literals, flat)  # (literals, B) bool
         # held[k, b]: text b satisfies clause k (holds one of its strings)
         held = np.zeros((len(plan.clause_unit), B), dtype=bool)
-        for li in np.flatnonzero(present.any(axis=1)).tolist():
-            row = present[li]
-            for k in plan.lit_clauses[li]:
-                held[k] |= row
+        if len(plan.pair_literal):
+            held[plan.pair_clauses] = np.logical_or.reduceat(present[plan.pair_literal], plan.pair_first, axis=0)
         # active[u, b]: unit u (a regex or exception, or one alternative of a split one) can
         # match text b: it satisfies every clause of u
         active = np.zeros((len(plan.units), B), dtype=bool)
@@ -186,26 +190,39 @@ class Lexicon:
             active[plan.clause_units] = np.logical_and.reduceat(held, plan.unit_first, axis=0)
         active[plan.always] = True
         out: list[list[RiskHit]] = [[] for _ in range(B)]
-        units = plan.units
-        for b in np.flatnonzero(active[plan.regex_units].any(axis=0)).tolist():
-            found: dict[int, tuple[list[re.Pattern[str]], list[re.Pattern[str]]]] = {}
-            alts: set[int] = set()
-            on = np.flatnonzero(active[:, b]).tolist()
-            for i, u in enumerate(on):  # units are ordered by (category, kind, regex, alternative)
-                c, kind, r, alt = units[u]
-                alts.add(alt)
-                if i + 1 < len(on) and units[on[i + 1]][:3] == (c, kind, r):
-                    continue
-                cat = self.categories[c]
-                rx = (cat.regexes, cat.exceptions)[kind][r]
-                split = plan.splits[c][kind][r]
-                if split is not None and len(alts) < len(split.alternatives):
-                    rx = split.reduced(frozenset(alts))
-                alts = set()
-                found.setdefault(c, ([], []))[kind].append(rx)
-            todo = [(self.categories[c], regexes, exceptions) for c, (regexes, exceptions) in found.items() if regexes]
+        scan = np.flatnonzero(active[plan.regex_units].any(axis=0))
+        # Texts with the same active units share their regexes: built once per distinct set.
+        sets = np.packbits(active[:, scan], axis=0).T
+        todos: dict[bytes, list[tuple[_Category, list[re.Pattern[str]], list[re.Pattern[str]]]]] = {}
+        for j, b in enumerate(scan.tolist()):
+            key = sets[j].tobytes()
+            todo = todos.get(key)
+            if todo is None:
+                todo = todos[key] = self._regexes(plan, np.flatnonzero(active[:, b]).tolist())
             out[b] = self._scan(responses[b], norms[b], todo)
         return out
+
+    def _regexes(
+        self, plan: "_ScanPlan", on: list[int]
+    ) -> list[tuple[_Category, list[re.Pattern[str]], list[re.Pattern[str]]]]:
+        """Per category, the regexes and exceptions of the active units ``on`` (sorted), split
+        alternations reduced to their active alternatives."""
+        units = plan.units
+        found: dict[int, tuple[list[re.Pattern[str]], list[re.Pattern[str]]]] = {}
+        alts: set[int] = set()
+        for i, u in enumerate(on):  # units are ordered by (category, kind, regex, alternative)
+            c, kind, r, alt = units[u]
+            alts.add(alt)
+            if i + 1 < len(on) and units[on[i + 1]][:3] == (c, kind, r):
+                continue
+            cat = self.categories[c]
+            rx = (cat.regexes, cat.exceptions)[kind][r]
+            split = plan.splits[c][kind][r]
+            if split is not None and len(alts) < len(split.alternatives):
+                rx = split.reduced(frozenset(alts))
+            alts = set()
+            found.setdefault(c, ([], []))[kind].append(rx)
+        return [(self.categories[c], regexes, exceptions) for c, (regexes, exceptions) in found.items() if regexes]
 
     @staticmethod
     def _scan(
@@ -268,6 +285,12 @@ class _ScanPlan:
         self.clause_unit = np.asarray(clause_unit, dtype=np.int64)
         self.literals = sorted(users)
         self.lit_clauses = [users[lit] for lit in self.literals]
+        # (clause, literal) pairs by clause: a clause holds when one of its literals is present
+        pairs = sorted((k, i) for i, ks in enumerate(self.lit_clauses) for k in ks)
+        self.pair_literal = np.asarray([i for _, i in pairs], dtype=np.int64)
+        pair_clause = np.asarray([k for k, _ in pairs], dtype=np.int64)
+        self.pair_first = np.flatnonzero(np.r_[True, pair_clause[1:] != pair_clause[:-1]]) if pairs else pair_clause
+        self.pair_clauses = pair_clause[self.pair_first]
         self.regex_units = [u for u, unit in enumerate(self.units) if unit[1] == 0]
         # clauses of one unit are consecutive: reduceat over their first rows
         self.unit_first = np.flatnonzero(np.r_[True, self.clause_unit[1:] != self.clause_unit[:-1]]) if clause_unit else np.zeros(0, dtype=np.int64)
@@ -281,13 +304,18 @@ def texts_containing(texts: Sequence[str], literals: Sequence[str]) -> dict[str,
     return {lit: set(np.flatnonzero(present[i]).tolist()) for i, lit in enumerate(lits)}
 
 
-def literal_presence(texts: Sequence[str], literals: Sequence[str]) -> np.ndarray:
+def literal_presence(
+    texts: Sequence[str], literals: Sequence[str], flat: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """(len(literals), len(texts)) bool: literal i occurs in text b; many texts and literals at once.
 
-    Every text position's first 1, 2 and 3 characters are packed into an integer (21 bits per
-    code point) and looked up among the literals' (a sorted array): literals of up to three
-    characters are found exactly this way; a longer one only in the texts holding its first
-    three characters, each checked with ``in``.
+    Every text position holding some literal's first character is keyed by its first 1, 2 or 3
+    characters (21 bits per code point) and looked up among the literals' keys (a hash table):
+    literals of up to three characters are found exactly this way; a longer one is compared
+    character by character at the positions where its first three occur. All positions of the
+    batch at once (no Python loop per text or per occurrence); an occurrence must lie inside one
+    text. flat: (code points (N,) of the texts concatenated, bounds (B + 1,)) when the caller
+    has them (``normalize_batch``).
     """
     B = len(texts)
     out = np.zeros((len(literals), B), dtype=bool)
@@ -302,37 +330,65 @@ def literal_presence(texts: Sequence[str], literals: Sequence[str]) -> np.ndarra
     index = _literal_index(tuple(literals))
     if index.empty is not None:
         out[index.empty] = True
-    joined = "\x00".join(texts)
-    codes = code_points(joined)
+    if flat is None:
+        lens = np.fromiter(map(len, texts), dtype=np.int64, count=B)
+        bounds = np.zeros(B + 1, dtype=np.int64)
+        np.cumsum(lens, out=bounds[1:])
+        codes = code_points("".join(texts))
+    else:
+        codes, bounds = flat
     N = len(codes)
-    lens = np.fromiter(map(len, texts), dtype=np.int64, count=B)
-    row = np.repeat(np.arange(B, dtype=np.int64), lens + 1)[:N]
-    for q, first, ukeys, by_key in index.groups:
-        # Only positions holding some literal's first character (a table look-up) are keyed.
-        cand = np.flatnonzero(first[codes[: max(N - q + 1, 0)]])
-        if cand.size == 0:
-            continue
-        key = codes[cand].astype(np.uint64)
-        for j in range(1, q):
-            key <<= np.uint64(21)
-            key |= codes[cand + j]
-        idx = np.minimum(np.searchsorted(ukeys, key), len(ukeys) - 1)
-        at = np.flatnonzero(ukeys[idx] == key)
+    if N == 0:
+        return out
+    firsts = index.first.take(codes)  # bit q - 1: some literal of group q starts here
+    cand = np.flatnonzero(firsts)
+    if cand.size == 0:
+        return out
+    bits = firsts.take(cand)
+    # The first three characters at each candidate (clipped at the batch's end: such a key only
+    # matches a literal that would run past its text, which the check below rejects).
+    c0 = codes.take(cand).astype(np.uint64)
+    c1 = codes.take(np.minimum(cand + 1, N - 1)).astype(np.uint64)
+    c2 = codes.take(np.minimum(cand + 2, N - 1)).astype(np.uint64)
+    for q, table, ptr, members in index.groups:
+        at = np.flatnonzero(bits & np.uint8(1 << (q - 1)))
         if at.size == 0:
             continue
-        pairs = np.unique(idx[at] * B + row[cand[at]])
-        for ki, b in zip((pairs // B).tolist(), (pairs % B).tolist()):
-            for i in by_key[ki]:
-                lit = literals[i]
-                if len(lit) <= 3 or lit in texts[b]:
-                    out[i, b] = True
+        key = c0.take(at)
+        for c in (c1, c2)[: q - 1]:
+            key <<= np.uint64(21)
+            key |= c.take(at)
+        idx = table.lookup(key)
+        found = np.flatnonzero(idx >= 0)
+        if found.size == 0:
+            continue
+        # (position, literal) for every literal of the key found at each position
+        k = idx.take(found)
+        cnt = ptr.take(k + 1) - ptr.take(k)
+        pos = np.repeat(cand.take(at.take(found)), cnt)
+        lit = members.take(np.arange(int(cnt.sum()), dtype=np.int64) + np.repeat(ptr.take(k) - (np.cumsum(cnt) - cnt), cnt))
+        b = np.searchsorted(bounds, pos, side="right") - 1
+        length = index.length.take(lit)
+        ok = pos + length <= bounds.take(b + 1)  # inside its text
+        for j in range(q, index.max_len):  # the characters past the key
+            sel = np.flatnonzero(ok & (length > j))
+            if sel.size == 0:
+                break
+            ok[sel] = codes.take(pos.take(sel) + j) == index.codes[lit.take(sel), j]
+        ok = np.flatnonzero(ok)
+        out[lit.take(ok), b.take(ok)] = True
     return out
 
 
 @dataclass
 class _LiteralIndex:
     empty: list[int] | None  # literals "" (in every text)
-    groups: list[tuple[int, np.ndarray, np.ndarray, list[list[int]]]]  # (q, first-char table, keys, literals per key)
+    first: np.ndarray  # (CP_LIMIT,) uint8: bit q - 1 set for the first characters of group q
+    # (q, table of the keys (row k), literals of key k: members[ptr[k] : ptr[k + 1]])
+    groups: list[tuple[int, KeyTable, np.ndarray, np.ndarray]]
+    length: np.ndarray  # (n,) int64 characters of each literal
+    codes: np.ndarray  # (n, max_len) uint32 code points of each literal, zero-padded
+    max_len: int
 
 
 @lru_cache(maxsize=16)
@@ -344,9 +400,9 @@ def _literal_index(literals: tuple[str, ...]) -> _LiteralIndex:
         if lit:
             by_q.setdefault(min(len(lit), 3), []).append(i)
     groups = []
+    first = np.zeros(CP_LIMIT, dtype=np.uint8)
     for q, members in by_q.items():
-        first = np.zeros(CP_LIMIT, dtype=bool)
-        first[[ord(literals[i][0]) for i in members]] = True
+        first[[ord(literals[i][0]) for i in members]] |= np.uint8(1 << (q - 1))
         keyed: dict[int, list[int]] = {}
         for i in members:
             k = 0
@@ -354,8 +410,16 @@ def _literal_index(literals: tuple[str, ...]) -> _LiteralIndex:
                 k = (k << 21) | ord(ch)
             keyed.setdefault(k, []).append(i)
         ukeys = sorted(keyed)
-        groups.append((q, first, np.array(ukeys, dtype=np.uint64), [keyed[k] for k in ukeys]))
-    return _LiteralIndex(empty, groups)
+        ptr = np.zeros(len(ukeys) + 1, dtype=np.int64)
+        np.cumsum([len(keyed[k]) for k in ukeys], out=ptr[1:])
+        flat = np.array([i for k in ukeys for i in keyed[k]], dtype=np.int64)
+        groups.append((q, KeyTable(np.array(ukeys, dtype=np.uint64)), ptr, flat))
+    length = np.array([len(lit) for lit in literals], dtype=np.int64)
+    max_len = int(length.max(initial=0))
+    codes = np.zeros((len(literals), max_len), dtype=np.uint32)
+    for i, lit in enumerate(literals):
+        codes[i, : len(lit)] = code_points(lit)
+    return _LiteralIndex(empty, first, groups, length, codes, max_len)
 
 
 def _parse_regex(rx: "re.Pattern[str]"):

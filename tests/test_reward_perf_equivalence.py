@@ -32,6 +32,7 @@ from reward_fns.attribution import (
     decode_batch_with_offsets,
     decode_with_offsets,
     pad_batch,
+    spans_to_token_mask,
     token_mask_to_spans,
     token_penalty,
 )
@@ -39,8 +40,12 @@ from reward_fns.compose import BatchCredit, _prompt_fields, _prompt_texts, batch
 from reward_fns.config import DiversityConfig, RiskConfig, preset, resolve_config
 from reward_fns.diversity import (
     CharArrays,
+    WindowKeys,
+    _ascii_words,
     _content_chars,
     _copied_chars_loop,
+    _match_lengths,
+    _powers,
     _stopwords,
     batch_ngram_statistics,
     content_token_mask,
@@ -49,12 +54,31 @@ from reward_fns.diversity import (
     group_threshold,
     high_freq_ngrams,
     ngram_keys,
+    statistics_from_keys,
     text_eligibility,
     token_indicator,
+    window_validity,
 )
 import reward_fns.risk as risk_mod
-from reward_fns.risk import Lexicon, _Category, load_lexicon, required_clauses, required_literals, texts_containing
-from reward_fns.text import CP_LIMIT, _norm_char, char_table, label_spans, normalize_batch, normalize_chars
+from reward_fns.risk import (
+    Lexicon,
+    _Category,
+    literal_presence,
+    load_lexicon,
+    required_clauses,
+    required_literals,
+    texts_containing,
+)
+from reward_fns.text import (
+    CP_LIMIT,
+    _norm_char,
+    char_table,
+    code_points,
+    label_spans,
+    label_spans_batch,
+    normalize_batch,
+    normalize_chars,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -551,8 +575,11 @@ def _text_side(texts, off, mask, prompts, cfg, ids=None):
     for name in ("width", "nonspace", "alnum", "tok_start", "tok_end"):
         assert np.array_equal(np.asarray(getattr(chars, name)), np.asarray(getattr(rchars, name))), name
     assert chars.texts == rchars.texts
+    assert all(np.array_equal(a, b) for a, b in zip(chars.flat_tokens(), (chars.flat_index(chars.tok_start),
+                                                                         chars.flat_index(chars.tok_end))))
     valid = content_token_mask(texts, parsed, off, mask, chars)
     assert np.array_equal(valid, ref_content_token_mask(texts, parsed, off, mask, rchars))
+    assert np.array_equal(content_token_mask(texts, None, off, mask, chars), valid)  # labels found batch-wise
     assert np.array_equal(_content_chars(chars, cfg.stopwords), ref_content_chars(rchars.texts, rchars.alnum, cfg.stopwords))
     if ids is None:
         ids = np.zeros(mask.shape, dtype=np.int64)
@@ -615,7 +642,7 @@ def _copy_case(tokenizer):
 
 
 def test_copy_filter_with_every_lookup_a_false_hit(tokenizer, monkeypatch):
-    """Forced hash collisions: the character check must catch every false hit and redo the scan."""
+    """Every table look-up answered wrongly (row 0): the key check must catch it and redo the scan."""
     texts, off, mask, prompts, ids = _copy_case(tokenizer)
     cfg = preset("relate").diversity
     want = None
@@ -910,3 +937,151 @@ def test_examples_still_read_the_keys():
     s = batch_ngram_statistics(ids, [0, 1, 2], DiversityConfig(n_min=2, n_max=3, min_groups=2, min_group_fraction=0.0))
     assert s.examples() and all(n in (2, 3) for _, _, n, _ in s.examples())
 
+
+
+# =============================================================================================
+# Fast paths of batch_credit (bench_advantage (c)): each against the plain code it stands for
+# =============================================================================================
+
+LINE_PIECES = ["Title:", "TITLE :", " title：", "Description:", "描述：", "标题 ：", "\n", "\r\n", "\r", "\u2028", "\x85",
+               "\x0b", "\x1c", " ", "\t", "x", "Title: a\nTitle: b", "\n\n", "Description: d\nTitle: t"]
+label_text_st = st.one_of(text_st, st.lists(st.sampled_from(LINE_PIECES + PIECES), max_size=15).map("".join))
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(st.lists(label_text_st, max_size=8))
+def test_label_spans_batch_equals_parse_ad(texts):
+    rows, a, e = label_spans_batch(texts)
+    want = [(b, x, y) for b, t in enumerate(texts) for x, y in label_spans(t, parse_ad(t))]
+    assert list(zip(rows.tolist(), a.tolist(), e.tolist())) == want
+
+
+WORD_PIECES = ["it's", "don't", "a'b'c", "'", "ab'cd9e", "x'1", "9'c", "the", "of", "a", "Z", "-", " ", "的", "é", "''", "b9"]
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(st.lists(st.one_of(text_st.map(normalize_chars), st.lists(st.sampled_from(WORD_PIECES), max_size=12).map("".join)),
+                max_size=6))
+def test_ascii_words_equal_the_word_regex(texts):
+    """Apostrophe chains, digits after a suffix, words at text boundaries: the regex's words."""
+    codes = code_points("".join(texts))
+    bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum([len(t) for t in texts], out=bounds[1:])
+    a, e = _ascii_words(codes, bounds)
+    want = [(int(bounds[b]) + m.start(), int(bounds[b]) + m.end()) for b, t in enumerate(texts)
+            for m in diversity._ASCII_WORD_RE.finditer(t)]
+    assert list(zip(a.tolist(), e.tolist())) == want
+
+
+def test_powers_equal_running_products():
+    ppow, qpow = _powers(3000)
+    want_p = np.ones(3000, dtype=np.uint64)
+    want_q = np.ones(3000, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        want_p[1:] = diversity._P
+        want_q[1:] = diversity._P_INV
+        np.cumprod(want_p, out=want_p)
+        np.cumprod(want_q, out=want_q)
+        assert np.array_equal(ppow, want_p) and np.array_equal(qpow, want_q)
+        assert np.all(ppow * qpow == np.uint64(1))
+    assert [len(x) for x in _powers(1)] == [1, 1]
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(data=st.data(), B=st.integers(1, 60), L=st.integers(0, 14), vocab=st.integers(1, 6))
+def test_window_keys_and_validity_equal_ngram_keys(data, B, L, vocab):
+    """WindowKeys hashes single windows from prefix sums: the same numbers as the rolling hash;
+    statistics computed from it are the ones computed from ngram_keys."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    ids = rng.integers(0, vocab + 1, size=(B, L))
+    valid = rng.random((B, L)) < 0.85
+    n_min, n_max = data.draw(st.integers(1, 3)), data.draw(st.integers(3, 7))
+    keys, oks = ngram_keys(ids, valid, n_min, n_max)
+    wk, wo = WindowKeys(ids, n_min, n_max), window_validity(valid, n_min, n_max)
+    assert sorted(wk) == sorted(keys) == sorted(wo) and len(wk) == len(keys)
+    assert n_min in wk and n_max + 1 not in wk and "x" not in wk
+    for n in keys:
+        assert np.array_equal(wo[n], oks[n])
+        flat = np.flatnonzero(rng.random(keys[n].size) < 0.5)
+        assert np.array_equal(wk.at(n, flat), keys[n].ravel()[flat]), n
+        assert np.array_equal(wk[n], keys[n])
+    groups = rng.integers(0, 4, size=B).tolist()
+    codes, ng = group_codes(groups)
+    cfg = DiversityConfig(n_min=n_min, n_max=n_max, min_groups=2, min_group_fraction=0.0)
+    elig = {n: rng.random(oks[n].shape) < 0.7 for n in oks}
+    got = statistics_from_keys(WindowKeys(ids, n_min, n_max), wo, codes, ng, cfg, valid, elig)
+    want = statistics_from_keys(keys, oks, codes, ng, cfg, valid, elig)
+    for name in ("high_freq_ngrams", "group_freq", "count", "token_mask", "content_tokens", "diversity_score"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    for n in keys:
+        assert np.array_equal(got.keys[n], want.keys[n]) and np.array_equal(got.hits[n], want.hits[n])
+
+
+prompt_st = st.lists(st.one_of(st.sampled_from(["free shipping", "全国包邮", "ab", "aab", "b", ""]),
+                               st.text(alphabet="abx 包邮", max_size=8)), max_size=4).map("\x00".join)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(texts=st.lists(st.text(alphabet="abx 包邮免费", max_size=14), min_size=1, max_size=4),
+       prompts=st.lists(prompt_st, min_size=1, max_size=3), data=st.data())
+def test_match_lengths_equal_brute_force(texts, prompts, data):
+    """The longest prefix of the text from each start that occurs in the prompt (a NUL never
+    matches, an occurrence never runs past its text)."""
+    codes = code_points("".join(texts))
+    bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum([len(t) for t in texts], out=bounds[1:])
+    starts, ends, which = [], [], []
+    for b, t in enumerate(texts):
+        for s in range(len(t)):
+            starts.append(int(bounds[b]) + s)
+            ends.append(int(bounds[b + 1]))
+            which.append(data.draw(st.integers(0, len(prompts) - 1)))
+    got, bad = _match_lengths(codes, np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64),
+                              np.asarray(which, dtype=np.int64), prompts)
+    joined = "".join(texts)
+    want = []
+    for s, e, p in zip(starts, ends, which):
+        m = 0
+        while s + m < e and joined[s : s + m + 1] in prompts[p]:
+            m += 1
+        want.append(m)
+    assert got.tolist() == want and not bad.any()
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(texts=st.lists(risk_text_st, min_size=17, max_size=30),
+       lits=st.lists(st.one_of(st.sampled_from(TERMS + ["", "e", "的", "x'", "a\x00b"]), st.text(max_size=4)), max_size=12))
+def test_literal_presence_on_flat_codes_equals_substring_search(texts, lits):
+    """The batched path (more than 16 texts), on the texts or on their concatenated codes."""
+    want = np.array([[lit in t for t in texts] for lit in lits], dtype=bool).reshape(len(lits), len(texts))
+    bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum([len(t) for t in texts], out=bounds[1:])
+    assert np.array_equal(literal_presence(texts, lits), want)
+    assert np.array_equal(literal_presence(texts, lits, (code_points("".join(texts)), bounds)), want)
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(B=st.integers(1, 6), L=st.integers(0, 9), seed=st.integers(0, 2**16))
+def test_batch_spans_to_token_mask_equals_per_row(B, L, seed):
+    rng = np.random.default_rng(seed)
+    off = rng.integers(-2, 12, size=(B, L, 2))
+    mask = rng.random((B, L)) < 0.8
+    spans = [[tuple(map(int, rng.integers(-1, 12, size=2))) for _ in range(rng.integers(0, 4))] for _ in range(B)]
+    want = np.zeros((B, L), dtype=bool)
+    for b, sp in enumerate(spans):
+        if sp:
+            want[b] = spans_to_token_mask(sp, off[b], mask[b])
+    assert np.array_equal(batch_spans_to_token_mask(spans, off, mask), want)
+
+
+def test_pad_batch_fast_paths_keep_errors_and_int_conversion():
+    rows = [[1, 2, 3], [4]]
+    offs = [np.array([[0, 1], [1, 2], [2, 3]]), np.array([[0, 1]])]
+    assert all(np.array_equal(g, w) for g, w in zip(pad_batch(rows, offs), ref_pad_batch(rows, offs)))
+    with pytest.raises(ValueError, match="response 1: 1 token ids but 2 offsets"):
+        pad_batch(rows, [offs[0], np.array([[0, 1], [1, 2]])])
+    # ids converted as int() converts them, whatever path (floats, bools, numpy scalars)
+    odd = [[1.7, True, np.int32(5)], [np.uint8(3)]]
+    assert np.array_equal(pad_batch(odd, offs)[0], ref_pad_batch(odd, offs)[0])
+    with pytest.raises(OverflowError):
+        pad_batch([[2**64]], [[(0, 1)]])
