@@ -1,5 +1,6 @@
 # relate-verl: every target sets itself up on a fresh machine (creates .venv, installs into it).
-#   make demo   the main job on the bundled defaults
+#   make demo        the main job on the bundled defaults (reruns skip what is done)
+#   make demo-smoke  the same pipeline at a tiny size (~2-3 min)
 #   make test   the test suite (CPU only); .ci/run calls exactly this
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -7,12 +8,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.relate-installed
 DEMO_DIR ?= outputs/demo
+DEMO_SMOKE_DIR ?= outputs/demo-smoke
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean help
+.PHONY: install demo demo-smoke test clean help
 
 help:
-	@echo "make demo    run the main job on the bundled sample (outputs in $(DEMO_DIR))"
+	@echo "make demo    run the main job on the bundled sample (report: $(DEMO_DIR)/report.md)"
+	@echo "make demo-smoke  the same pipeline tiny (report: $(DEMO_SMOKE_DIR)/report.md, ~2-3 min)"
 	@echo "make test    run the test suite on CPU"
 	@echo "make install create $(VENV) and install the CPU requirements (done by demo/test)"
 
@@ -30,6 +33,9 @@ install: $(STAMP)
 
 demo: install
 	$(PY) -m examples.demo --output-dir $(DEMO_DIR)
+
+demo-smoke: install
+	$(PY) -m examples.demo --smoke --output-dir $(DEMO_SMOKE_DIR)
 
 # pytest exits 5 when it collects no test: that is a broken suite, never a pass.
 test: install

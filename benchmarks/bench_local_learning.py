@@ -54,7 +54,7 @@ def policy_path(model: str, work: Path) -> str:
         from transformers import AutoTokenizer
 
         from relate_common.assets import smollm2_tokenizer_dir
-        from tests.test_local_trainer import build_tiny_policy
+        from recipe.relate.tiny_policy import build_tiny_policy
 
         tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
         return str(build_tiny_policy(tokenizer, work / "tiny_policy"))

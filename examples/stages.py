@@ -1,61 +1,159 @@
 """A tiny make-like stage runner for the demo pipeline.
 
-A stage is skipped when its completion marker is newer than every input (data files and the
-source files of the code it runs). The marker is written only after the stage returned, and
-every output is written atomically, so an interrupted run (Ctrl-C) is never mistaken for a
-finished one: the next run redoes that stage.
+A stage is skipped ("fresh") when its completion marker exists, every output exists, the marker
+records the same parameters as this run asks for, and the marker is newer than every input (data
+files and the source files of the code it runs). The marker is written only after the stage
+returned, stamped with the time the stage STARTED (so an input edited while it ran makes it stale),
+and every output is written atomically or guarded by that marker, so an interrupted run (Ctrl-C)
+is never mistaken for a finished one: the next run redoes that stage.
+
+A stage's ``run`` may return a CLI exit code: a non-zero int is a failure (no marker), like an
+exception.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+MARKER_PREFIX = ".stage-"
+MARKER_SUFFIX = ".done"
+
+
+class StageError(RuntimeError):
+    """A stage failed (an exit code other than 0); its marker is not written."""
 
 
 @dataclass
 class Stage:
+    """One step of the pipeline: ``run()`` turns ``inputs`` into ``outputs``.
+
+    ``params``: JSON-able settings that change what the stage produces although no input file
+    changes (e.g. the number of training steps); a different value makes the stage stale.
+    """
+
     name: str
     run: Callable[[], object]
     inputs: Sequence[Path]
     outputs: Sequence[Path]
+    params: Mapping[str, Any] = field(default_factory=dict)
     elapsed_s: float = field(default=0.0, init=False)
     skipped: bool = field(default=False, init=False)
 
     def marker(self, state_dir: Path) -> Path:
-        return state_dir / f".stage-{self.name}.done"
+        return state_dir / f"{MARKER_PREFIX}{self.name}{MARKER_SUFFIX}"
+
+    def _params_json(self) -> Any:
+        return json.loads(json.dumps(dict(self.params), sort_keys=True, default=str))
+
+    def stale_reason(self, state_dir: Path) -> str | None:
+        """Why the stage must run (None: it is fresh and is skipped)."""
+        marker = self.marker(state_dir)
+        if not marker.exists():
+            return "never completed"
+        missing = [p for p in self.outputs if not p.exists()]
+        if missing:
+            return f"output missing: {missing[0]}"
+        recorded = read_marker(marker)
+        if recorded.get("params") != self._params_json():
+            return "parameters changed"
+        done_at = marker.stat().st_mtime
+        newer = [p for p in self.inputs if p.exists() and p.stat().st_mtime > done_at]
+        if newer:
+            return f"input changed: {newer[0]}"
+        return None
 
     def is_fresh(self, state_dir: Path) -> bool:
+        return self.stale_reason(state_dir) is None
+
+    def mark_done(self, state_dir: Path, started_at: float) -> None:
+        """Write the marker atomically, stamped with the stage's start time."""
         marker = self.marker(state_dir)
-        if not marker.exists() or not all(p.exists() for p in self.outputs):
-            return False
-        newest_input = max((p.stat().st_mtime for p in self.inputs if p.exists()), default=0.0)
-        return marker.stat().st_mtime >= newest_input
+        tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"stage": self.name, "params": self._params_json(),
+                                   "elapsed_s": round(self.elapsed_s, 2),
+                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n",
+                       encoding="utf-8")
+        os.utime(tmp, (started_at, started_at))
+        os.replace(tmp, marker)
 
 
-def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False) -> None:
-    """Run each stage unless fresh; print the elapsed time of each and the total."""
+def read_marker(marker: Path) -> dict[str, Any]:
+    """The JSON a completed stage left (``{}`` for an empty or unreadable marker: treated as stale)."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def stage_times(state_dir: Path, names: Iterable[str]) -> dict[str, float | None]:
+    """Elapsed seconds of the last completed run of each named stage (None: never completed)."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        data = read_marker(state_dir / f"{MARKER_PREFIX}{name}{MARKER_SUFFIX}")
+        out[name] = float(data["elapsed_s"]) if "elapsed_s" in data else None
+    return out
+
+
+def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False) -> float:
+    """Run each stage unless fresh; print the elapsed time of each and the total (returned).
+
+    An exception or Ctrl-C inside a stage leaves its marker absent (it was removed before the
+    stage started), prints which stage stopped, and propagates.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for i, stage in enumerate(stages, start=1):
         header = f"[{i}/{len(stages)}] {stage.name}"
-        if not force and stage.is_fresh(state_dir):
+        reason = "--force" if force else stage.stale_reason(state_dir)
+        if reason is None:
             stage.skipped = True
-            print(f"{header}: up to date, skipped")
+            print(f"{header}: up to date, skipped", flush=True)
             continue
-        print(f"{header} ...", flush=True)
+        print(f"{header} ... ({reason})", flush=True)
         stage.marker(state_dir).unlink(missing_ok=True)
+        started_at = time.time()
         t0 = time.perf_counter()
-        stage.run()
+        try:
+            result = stage.run()
+            if isinstance(result, int) and not isinstance(result, bool) and result != 0:
+                raise StageError(f"stage {stage.name} failed with exit code {result} (see the messages above)")
+        except BaseException as e:
+            what = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            print(f"\n{header}: {what} after {time.perf_counter() - t0:.1f} s; nothing of it counts as done, "
+                  "the next run redoes it", flush=True)
+            raise
         stage.elapsed_s = time.perf_counter() - t0
-        stage.marker(state_dir).touch()
+        stage.mark_done(state_dir, started_at)
         print(f"{header}: done in {stage.elapsed_s:.1f} s", flush=True)
     total = time.perf_counter() - start
     print("\nstage times: " + ", ".join(
-        f"{s.name} {'skipped' if s.skipped else f'{s.elapsed_s:.1f} s'}" for s in stages) + f"; total {total:.1f} s")
+        f"{s.name} {'skipped' if s.skipped else f'{s.elapsed_s:.1f} s'}" for s in stages) + f"; total {total:.1f} s",
+        flush=True)
+    return total
 
 
 def sources_of(*modules: object) -> list[Path]:
-    """Source files of imported modules, so a code change makes their stage stale."""
-    return [Path(m.__file__) for m in modules if getattr(m, "__file__", None)]
+    """Source files of imported modules, so a code change makes their stage stale.
+
+    A package counts with every ``.py`` and ``.yaml`` file under its folder (its submodules and
+    bundled configs), so pass a package when the stage uses much of it.
+    """
+    out: list[Path] = []
+    for m in modules:
+        file = getattr(m, "__file__", None)
+        if not file:
+            continue
+        path = Path(file)
+        if path.name == "__init__.py" and getattr(m, "__path__", None):
+            out.extend(sorted(p for ext in ("*.py", "*.yaml") for p in path.parent.rglob(ext)
+                              if "__pycache__" not in p.parts))
+        else:
+            out.append(path)
+    return out

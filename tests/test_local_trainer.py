@@ -1,12 +1,10 @@
 """Local mode (recipe.relate.local_trainer): real RL steps on CPU with a tiny causal LM and the real
 SmolLM2 tokenizer, verl's loss pieces, exact resume, NaN guards, empty responses, the CTCVR preset.
 
-The tiny policy is a random-initialised 2-layer Llama whose attention and MLP outputs start at
-zero and whose embeddings / LM head encode a small bigram "ad grammar" (Title: words ... newline
-Description: words ... <|im_end|>) with random branching. A purely random LM never writes a line
-that parses as an ad, so every reward would be the same constant, every advantage 0 and every
-update a no-op: tests on it could not fail. With the grammar prior, samples differ in format and
-length, rewards vary inside each group and the steps really train.
+The tiny policy (``recipe.relate.tiny_policy``) is a random-initialised 2-layer Llama whose
+embeddings / LM head encode a small bigram "ad grammar": samples differ in format and length,
+rewards vary inside each group and the steps really train (a purely random LM would give every
+response the same reward, so tests on it could not fail).
 """
 
 from __future__ import annotations
@@ -18,63 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from recipe.relate.tiny_policy import build_tiny_policy
+
 pytestmark = pytest.mark.slow
-
-# Bigram grammar: token text -> [(next token text, weight)]; WORDS expand to every word.
-WORDS = [" Fast", " local", " service", " open", " today", " call", " now", " licensed", " experts", " repairs",
-         " fixed", " prices", " book", " online"]
-GRAMMAR = {
-    "\n": [("Title", 2.0), ("Description", 1.0)],
-    "Title": [(":", 1.0)],
-    "Description": [(":", 1.0)],
-    ":": [("WORDS", 1.0)],
-    "WORD": [("WORDS", 6.0), (".", 1.0), ("\n", 1.0), ("<|im_end|>", 0.5)],
-    ".": [("\n", 2.0), ("<|im_end|>", 1.0), ("WORDS", 1.0)],
-}
-GRAMMAR_LOGIT = 16.0  # logit of an allowed next token: other tokens get ~1e-3 of the mass per step
-
-
-def _single_id(tokenizer, text: str) -> int:
-    if text in tokenizer.get_vocab() and text.startswith("<|"):
-        return tokenizer.convert_tokens_to_ids(text)
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    assert len(ids) == 1, f"{text!r} is {len(ids)} tokens"
-    return ids[0]
-
-
-def build_tiny_policy(tokenizer, path: Path, seed: int = 0) -> Path:
-    """Save the tiny grammar-prior Llama (see module docstring) with ``tokenizer`` into ``path``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=_single_id(tokenizer, "<|im_end|>"),
-                         pad_token_id=None)
-    model = LlamaForCausalLM(config)
-    script = ["\n", "Title", "Description", ":", ".", "<|im_end|>", *WORDS]
-    ids = {text: _single_id(tokenizer, text) for text in script}
-    slot = {text: k for k, text in enumerate(script)}  # one hidden dimension per grammar token
-    H = config.hidden_size
-    with torch.no_grad():
-        for layer in model.model.layers:  # the residual stream starts as the embedding itself
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        for text in script:
-            emb[ids[text]] = 0.0
-            emb[ids[text], slot[text]] = 1.0  # RMSNorm turns this into sqrt(H) on that dimension
-        for cur, nexts in GRAMMAR.items():
-            sources = WORDS if cur == "WORD" else [cur]
-            expanded = [(w, weight / len(WORDS)) for name, weight in nexts if name == "WORDS" for w in WORDS]
-            expanded += [(name, weight) for name, weight in nexts if name != "WORDS"]
-            for src in sources:
-                for nxt, weight in expanded:
-                    head[ids[nxt], slot[src]] = (GRAMMAR_LOGIT + math.log(weight)) / math.sqrt(H)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 # ---- fixtures --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,127 @@
+"""Plots for the example jobs: training curves of one or several local-mode runs.
+
+Pure functions: data in, a PNG out (matplotlib's headless Agg backend). Reading a run's
+``metrics.csv`` is ``recipe.relate.local_trainer.read_metrics_csv`` (re-exported here as
+:func:`read_metrics`), which leaves out the cells a step did not log (validation columns exist
+only on validation steps).
+
+    from examples.plots import plot_curves, read_metrics
+    runs = {"Model 1": read_metrics("outputs/ablation_local/model1/metrics.csv"), ...}
+    plot_curves(runs, [("critic/score/mean", "mean sentence reward r_i")], "curves.png", "Training reward")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from recipe.relate.local_trainer import read_metrics_csv as read_metrics
+
+__all__ = ["plot_curves", "read_metrics", "series"]
+
+# A fixed colour per run position, so a run keeps its colour in every subplot (paper Figure 3
+# colours the five configurations consistently: blue, yellow, green, red, purple).
+RUN_COLOURS = ("tab:blue", "goldenrod", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+               "tab:olive", "tab:cyan")
+
+
+def _finite(value: object) -> float | None:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def series(rows: Sequence[Mapping[str, float]], key: str, x_key: str = "step") -> tuple[list[float], list[float]]:
+    """(x, y) of the rows where both ``x_key`` and ``key`` are present and finite, sorted by x.
+
+    Rows without the metric (a validation column on a training-only step, a component the run
+    did not compute) or with NaN are gaps, not zeros.
+    """
+    points = []
+    for row in rows:
+        x, y = _finite(row.get(x_key)), _finite(row.get(key))
+        if x is not None and y is not None:
+            points.append((x, y))
+    points.sort()
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def smooth(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard-style exponential moving average (debiased); ``weight`` in [0, 1), 0 = none."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out, last, norm = [], 0.0, 0.0
+    for v in values:
+        last = weight * last + (1.0 - weight) * v
+        norm = weight * norm + (1.0 - weight)
+        out.append(last / norm)
+    return out
+
+
+def plot_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], metrics: Sequence[tuple[str, str]],
+                path: str | Path, title: str, x_key: str = "step", smoothing: float = 0.0,
+                x_label: str | None = None, columns: int | None = None, notes: Mapping[str, str] | None = None) -> Path:
+    """One subplot per metric, one line per run; writes a PNG to ``path`` and returns it.
+
+    runs: {run name: rows}, rows as ``read_metrics`` returns them (dicts of floats, one per step;
+      missing keys and NaN are skipped and the line joins the points around them, so a metric
+      logged only on some steps, e.g. ``val/`` columns, is still a line; up to 30 points get
+      markers, so a single point is visible and the logged steps can be told apart).
+    metrics: [(row key, subplot label)]; the label titles the subplot and names the y axis.
+    smoothing: exponential moving-average weight in [0, 1) (0: raw values, the default); when > 0
+      the raw values are drawn faintly behind the smoothed line.
+    notes: {run name: text} shown in the legend for a run with no point in a subplot (default
+      "not logged"), so an absent line is explained rather than silently missing.
+    columns: subplots per row (default: up to 2 for <= 4 metrics, else 3).
+    """
+    if not runs:
+        raise ValueError("plot_curves: no runs to plot")
+    if not metrics:
+        raise ValueError("plot_curves: no metrics to plot")
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: training machines have no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(metrics)
+    cols = columns or (min(n, 2) if n <= 4 else 3)
+    rows_ = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.0 * cols, 3.9 * rows_), squeeze=False)
+    notes = dict(notes or {})
+    colours = {name: RUN_COLOURS[i % len(RUN_COLOURS)] for i, name in enumerate(runs)}
+    for ax, (key, label) in zip(axes.flat, metrics):
+        whole = True
+        for name, rows in runs.items():
+            xs, ys = series(rows, key, x_key)
+            whole = whole and all(float(x).is_integer() for x in xs)
+            colour = colours[name]
+            if not xs:  # an invisible entry, so the legend says why this run has no line here
+                ax.plot([], [], color=colour, linestyle=":", label=f"{name} ({notes.get(name, 'not logged')})")
+                continue
+            marker = "o" if len(xs) <= 30 else None
+            if smoothing > 0:
+                ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=1.0)
+                ax.plot(xs, smooth(ys, smoothing), color=colour, linewidth=1.8, marker=marker, markersize=3.5,
+                        label=name)
+            else:
+                ax.plot(xs, ys, color=colour, linewidth=1.6, marker=marker, markersize=3.5, label=name)
+        ax.set_title(label)
+        ax.set_xlabel(x_label or x_key)
+        if whole:  # steps: whole-number ticks only
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title + (f" (EMA smoothing {smoothing:g})" if smoothing > 0 else ""))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,87 @@
+"""``make demo-smoke``: the whole demo pipeline (every stage, report included) at its smoke size,
+a cached rerun that skips everything, and a precise partial rerun. (Resuming an interrupted
+training run: tests/test_demo_stages.py for the demo's rule, tests/test_local_trainer.py for the
+trainer's exact resume.)
+
+The smoke run takes 1-3 minutes on 2 CPU cores, most of it encoding the ad texts for the CTCVR
+scorer (cached machine-wide afterwards, see ``examples.demo.default_embedding_cache``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from examples import demo
+
+pytestmark = pytest.mark.slow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NUMBER = r"[-+]?\d+\.\d+%?"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo_smoke")
+    assert demo.main(["--smoke", "--output-dir", str(out)]) == 0
+    return out
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    nxt = text.find("\n## ", start + len(heading))
+    return text[start:nxt if nxt >= 0 else len(text)]
+
+
+def test_report_has_every_section_with_numbers_and_its_plots(smoke):
+    text = (smoke / "report.md").read_text(encoding="utf-8")
+    scorer = _section(text, "## 1. CTCVR scorer")
+    assert re.search(rf"\| esmm \| {NUMBER} \|", scorer) and "| oracle |" in scorer
+    curves = _section(text, "## 2. Training curves")
+    assert re.search(rf"\| ctcvr reward \| {NUMBER} \| {NUMBER} \|", curves)
+    tables = _section(text, "## 3. Before vs after")
+    assert re.search(rf"\| experiment \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", tables), "Table 1"
+    assert "### Table 3" in tables and re.search(rf"\| baseline \|(?: {NUMBER} \|){{5}}", tables), "Table 3"
+    sim = _section(text, "## 4. Simulated online CTCVR")
+    assert re.search(rf"\| CTCVR \(%\) simulated online \(user model truth\) \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", sim)
+    examples = _section(text, "## 5. Example ads")
+    assert len(re.findall(r"^### Example \d", examples, flags=re.M)) == 3
+    assert examples.count("**before**") == 3 and examples.count("**after**") == 3
+    times = _section(text, "## Settings")
+    for name in demo.STAGE_NAMES[:-1]:
+        assert re.search(rf"\| {name} \| \d+\.\d \|", times), name
+
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {Path(p).name for p in images} == {"reward_curves.png", "scorer_reliability.png"}
+    for rel in images:
+        data = (smoke / rel).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, rel
+    html = smoke / "report.html"
+    try:
+        import markdown  # noqa: F401
+    except ImportError:
+        assert not html.exists()
+    else:
+        assert "<table>" in html.read_text(encoding="utf-8")
+
+
+def test_cached_rerun_skips_every_stage_and_a_removed_marker_reruns_only_what_follows(smoke, capsys):
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    assert demo.main(["--smoke", "--output-dir", str(smoke)]) == 0
+    elapsed = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert out.count("up to date, skipped") == len(demo.STAGE_NAMES), out
+    assert elapsed < 60, f"cached rerun took {elapsed:.1f} s"
+
+    report_before = (smoke / "report.md").stat().st_mtime_ns
+    (smoke / ".stage-evaluate.done").unlink()  # as if Ctrl-C had stopped the evaluate stage
+    assert demo.main(["--smoke", "--output-dir", str(smoke)]) == 0
+    out = capsys.readouterr().out
+    ran = re.findall(r"^\[\d+/\d+\] (\S+) \.\.\.", out, flags=re.M)
+    assert ran == ["evaluate", "report"], out
+    assert (smoke / "report.md").stat().st_mtime_ns > report_before
+

@@ -1,0 +1,192 @@
+"""The demo's stage runner (examples/stages.py), its training-resume rule and the report's helpers:
+fast unit tests, no model involved."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from examples import demo, report
+from examples.stages import Stage, StageError, read_marker, run_stages, sources_of, stage_times
+
+
+def _writer(path: Path, calls: list[str], name: str, text: str = "x"):
+    def run() -> None:
+        calls.append(name)
+        path.write_text(text)
+    return run
+
+
+def _touch_newer(path: Path) -> None:
+    """Give ``path`` an mtime clearly after any marker written so far (coarse file-system clocks)."""
+    t = time.time() + 2
+    os.utime(path, (t, t))
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Move ``path``'s mtime into the past (markers are stamped with the stage's start time)."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    """Two chained stages: a (input src.txt -> a.txt), b (a.txt -> b.txt)."""
+    src = tmp_path / "src.txt"
+    src.write_text("v1")
+    _age(src, 100)
+    calls: list[str] = []
+
+    def stages(params=None):
+        return [Stage("a", _writer(tmp_path / "a.txt", calls, "a"), inputs=[src], outputs=[tmp_path / "a.txt"],
+                      params=params or {}),
+                Stage("b", _writer(tmp_path / "b.txt", calls, "b"), inputs=[tmp_path / "a.txt"],
+                      outputs=[tmp_path / "b.txt"])]
+    return tmp_path, src, calls, stages
+
+
+def test_second_run_skips_and_input_change_reruns_downstream(pipeline):
+    state, src, calls, stages = pipeline
+    run_stages(stages(), state)
+    assert calls == ["a", "b"]
+    run_stages(stages(), state)
+    assert calls == ["a", "b"], "fresh stages must be skipped"
+    src.write_text("v2")  # newer than a's marker (stamped with a's start time)
+    _touch_newer(src)
+    run_stages(stages(), state)
+    assert calls == ["a", "b", "a", "b"], "a re-ran, so b's input is newer than b's marker"
+
+
+def test_params_and_missing_outputs_make_a_stage_stale(pipeline):
+    state, _, calls, stages = pipeline
+    run_stages(stages({"steps": 1}), state)
+    run_stages(stages({"steps": 2}), state)
+    assert calls == ["a", "b", "a", "b"]
+    assert read_marker(state / ".stage-a.done")["params"] == {"steps": 2}
+    (state / "b.txt").unlink()
+    run_stages(stages({"steps": 2}), state)
+    assert calls[-1:] == ["b"] and calls.count("a") == 2
+
+
+def test_marker_written_only_on_success(pipeline):
+    state, src, calls, stages = pipeline
+    run_stages(stages(), state)
+
+    def interrupted() -> None:
+        (state / "a.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    src.write_text("v2")
+    _touch_newer(src)
+    broken = [Stage("a", interrupted, inputs=[src], outputs=[state / "a.txt"])]
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(broken, state)
+    assert not (state / ".stage-a.done").exists(), "an interrupted stage must not look finished"
+    run_stages(stages(), state)
+    assert calls == ["a", "b", "a", "b"]
+
+
+def test_nonzero_exit_code_is_a_failure(tmp_path):
+    out = tmp_path / "o.txt"
+    with pytest.raises(StageError, match="exit code 2"):
+        run_stages([Stage("cli", lambda: (out.write_text("x"), 2)[1], inputs=[], outputs=[out])], tmp_path)
+    assert not (tmp_path / ".stage-cli.done").exists()
+    run_stages([Stage("ok", lambda: (out.write_text("x"), 0)[1], inputs=[], outputs=[out])], tmp_path)
+    assert stage_times(tmp_path, ["ok", "cli"])["cli"] is None
+    assert stage_times(tmp_path, ["ok"])["ok"] >= 0
+
+
+def test_input_edited_while_the_stage_ran_makes_it_stale(tmp_path):
+    src = tmp_path / "src.txt"
+    src.write_text("v1")
+    _age(src, 100)
+    out = tmp_path / "o.txt"
+
+    def run() -> None:
+        out.write_text("x")
+        src.write_text("edited during the run")
+        _touch_newer(src)
+
+    stage = Stage("s", run, inputs=[src], outputs=[out])
+    run_stages([stage], tmp_path)
+    assert stage.stale_reason(tmp_path) == f"input changed: {src}"
+
+
+def test_sources_of_a_package_lists_its_modules_and_configs():
+    import recipe.relate
+    import recipe.relate.generate
+
+    files = sources_of(recipe.relate, recipe.relate.generate)
+    names = {p.name for p in files}
+    assert {"local_trainer.py", "relate_local.yaml", "generate.py"} <= names
+    assert all(p.is_file() for p in files)
+
+
+def test_every_stage_depends_on_the_code_it_runs(tmp_path):
+    stages = {s.name: s for s in demo.build_stages(tmp_path, demo.SAMPLE_RECORDS, demo.SMOKE, 0)}
+    assert tuple(stages) == demo.STAGE_NAMES
+    needs = {"local-train": ["local_trainer.py", "scoring.py", "relate_local.yaml", "compose.py", "scorer.py"],
+             "generate-before": ["generate.py", "local_rollout.py"], "generate-after": ["generate.py"],
+             "evaluate": ["evaluate.py", "user_model.py"], "report": ["report.py", "plots.py"],
+             "ctcvr-scorer": ["train.py"], "starting-model": ["tiny_policy.py", "assets.py"]}
+    for name, files in needs.items():
+        have = {p.name for p in stages[name].inputs}
+        assert set(files) <= have, f"{name} lacks {set(files) - have}"
+
+
+def test_training_restarts_when_its_settings_change_and_resumes_otherwise(tmp_path, monkeypatch, capsys):
+    import recipe.relate.local_trainer as lt
+
+    runs = []
+    monkeypatch.setattr(lt, "compose_config", lambda overrides: list(overrides))
+    monkeypatch.setattr(lt, "run", lambda config: runs.append(config))
+    run_dir, data = tmp_path / "run", tmp_path / "train.parquet"
+    data.write_text("rows")
+    ckpt = run_dir / lt.CHECKPOINT_SUBDIR / "global_step_1"
+
+    def interrupted_run(config):
+        ckpt.mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lt, "run", interrupted_run)
+    with pytest.raises(KeyboardInterrupt):
+        demo.train_policy(["local.max_steps=2"], run_dir, [data])
+    monkeypatch.setattr(lt, "run", lambda config: runs.append(config))
+    demo.train_policy(["local.max_steps=2"], run_dir, [data])  # same settings: resume
+    assert "resuming" in capsys.readouterr().out
+    assert runs == [["local.max_steps=2"]] and not ckpt.exists(), "checkpoints are removed after the last step"
+
+    ckpt.mkdir(parents=True)
+    (run_dir / "stale.txt").write_text("from the old run")
+    demo.train_policy(["local.max_steps=3"], run_dir, [data])  # new settings: start over
+    assert "starting over" in capsys.readouterr().out
+    assert not (run_dir / "stale.txt").exists()
+    assert json.loads((run_dir / demo.RUN_FINGERPRINT).read_text())["overrides"] == ["local.max_steps=3"]
+
+
+def test_budget_overrides_are_validated():
+    parse = demo.build_parser().parse_args
+    assert demo.resolve_budget(parse(["--smoke", "--steps", "3"])) == demo.SMOKE.__class__(
+        **{**demo.SMOKE.__dict__, "steps": 3})
+    assert demo.resolve_budget(parse([])) == demo.FULL
+    with pytest.raises(SystemExit):
+        demo.resolve_budget(parse(["--steps", "0"]))
+    with pytest.raises(SystemExit):
+        demo.resolve_budget(parse(["--impressions", "10"]))
+
+
+def test_report_sections_and_examples():
+    md = "# t\n\n## Table 1 (x)\n\n| a |\n\n## Table 3 (y)\n\nrow\n## Details\n"
+    one, three = report.markdown_sections(md, Path("e.md"), ["Table 1", "Table 3"])
+    assert one.startswith("### Table 1 (x)") and "| a |" in one and "Details" not in three
+    with pytest.raises(report.ReportError, match="Predicted"):
+        report.markdown_sections(md, Path("e.md"), ["Predicted"])
+    before = [{"id": i, "language": lang} for i, lang in [("z1", "zh"), ("z2", "zh"), ("z3", "zh"), ("e1", "en")]]
+    assert report.pick_examples(before, before) == ["z1", "z2", "e1"]
+    with pytest.raises(report.ReportError, match="only 1"):
+        report.pick_examples(before[:1], before)
+    assert report._fence("a ``` b").startswith("````text")
