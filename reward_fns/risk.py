@@ -168,7 +168,7 @@ class Lexicon:
         flat: the code points of those concatenated and their bounds, see :func:`literal_presence`).
 
         Most responses hold no blacklisted term. Every regex (for the lexicon's literal
-        alternations: every alternative) has required strings (:func:`required_literals`, e.g.
+        alternations: every alternative) has required strings (:func:`required_clauses`, e.g.
         "guaranteed" for "guaranteed\\s+\\d+%"), looked for in the whole batch at once
         (:func:`texts_containing`). A response is scanned only by the regexes it holds a required
         string of, and an alternation only with the alternatives it can match
@@ -439,72 +439,23 @@ def _parse_regex(rx: "re.Pattern[str]"):
 
 
 def required_literals(rx: re.Pattern[str]) -> list[str] | None:
-    """Strings one of which occurs in every match of ``rx`` (None: none can be derived).
-
-    Read from ``re``'s parse tree: a run of literal characters must occur; a branch needs one of
-    its alternatives' strings; a group or a repeat of at least one its content's; a character
-    class of literals one of its characters. From the items of a sequence the most selective
-    requirement is kept (longest shortest string, then fewest strings). Anything else
-    (assertions, classes, backreferences, case-insensitive parts) requires nothing.
-    """
-    parsed = _parse_regex(rx)
-    if parsed is None:
-        return None
-    tree, C, repeats = parsed
-
-    def seq(items) -> list[str] | None:
-        cands: list[list[str]] = []
-        run: list[str] = []
-        for op, av in items:
-            if op is C.LITERAL:
-                run.append(chr(av))
-                continue
-            if run:
-                cands.append(["".join(run)])
-                run = []
-            r = item(op, av)
-            if r is not None:
-                cands.append(r)
-        if run:
-            cands.append(["".join(run)])
-        cands = [c for c in cands if c and min(map(len, c)) > 0]
-        if not cands:
-            return None
-        return max(cands, key=lambda c: (min(map(len, c)), -len(c)))
-
-    def item(op, av) -> list[str] | None:
-        if op is C.IN:
-            if av and all(o is C.LITERAL for o, _ in av):
-                return list(dict.fromkeys(chr(v) for _, v in av))
-            return None
-        if op is C.SUBPATTERN:
-            _, add_flags, _, p = av
-            return None if add_flags & re.IGNORECASE else seq(p)
-        if op is C.BRANCH:
-            out: list[str] = []
-            for p in av[1]:
-                r = seq(p)
-                if r is None:
-                    return None
-                out.extend(r)
-            return list(dict.fromkeys(out))
-        if op in repeats:
-            lo, _, p = av
-            return seq(p) if lo >= 1 else None
-        if op is getattr(C, "ATOMIC_GROUP", None):
-            return seq(av)
-        return None
-
-    return seq(tree)
+    """Strings one of which occurs in every match of ``rx`` (None: none can be derived): the most
+    selective clause of :func:`required_clauses` (longest shortest string, then fewest strings)."""
+    clauses = required_clauses(rx, limit=1)
+    return clauses[0] if clauses else None
 
 
 def required_clauses(rx: re.Pattern[str], limit: int = 4) -> list[list[str]] | None:
     """Clauses that every match of ``rx`` satisfies: each clause is a list of strings one of
     which occurs in the match, and every clause holds (None: no clause can be derived).
 
-    As :func:`required_literals`, but a sequence keeps the requirements of all its items (a
-    match of "no[\\s\\-]+1" holds "no" AND "1"), so a text must hold one string of every
-    clause; at most ``limit`` clauses, the most selective ones.
+    Read from ``re``'s parse tree: a run of literal characters must occur; a branch needs one of
+    its alternatives' strings (each alternative's most selective clause); a group or a repeat of
+    at least one its content's; a character class of literals one of its characters. A sequence
+    keeps the requirements of all its items (a match of "no[\\s\\-]+1" holds "no" AND "1"), so a
+    text must hold one string of every clause. Anything else (assertions, classes,
+    backreferences, case-insensitive parts) requires nothing. At most ``limit`` clauses, the most
+    selective first (longest shortest string, then fewest strings).
     """
     parsed = _parse_regex(rx)
     if parsed is None:
