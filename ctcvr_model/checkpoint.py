@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from ctcvr_model.features import FeatureConfig
 from ctcvr_model.model import CTCVRNet, ModelConfig
 from ctcvr_model.schema import ModelDirError
+from relate_common.jsonio import write_text_atomic
 
 # 1: the first release. 2: the optional industry one-hot (features.industry, features.industry_vocab).
 SCHEMA_VERSION = 2
@@ -69,21 +69,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Pretty, UTF-8 (Chinese stays readable), atomically written JSON."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
 def save_model(model_dir: str | Path, net: CTCVRNet, saved: SavedModel) -> Path:

@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from tqdm import tqdm
 
-from data_prep.common import assign_split, fail, handle_invalid, write_json, write_jsonl, write_parquet
+from data_prep.common import assign_split, fail, handle_invalid, write_parquet
+from relate_common.jsonio import write_json, write_jsonl
 from data_prep.config import CTCVRTableConfig
 from relate_common.lang import detect_language, normalize_language
 from relate_common.records import RecordError, is_missing, read_rows, selling_points_field, text_field

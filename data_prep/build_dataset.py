@@ -26,7 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from tqdm import tqdm
 
-from data_prep.common import assign_split, handle_invalid, write_json, write_jsonl, write_parquet
+from data_prep.common import assign_split, handle_invalid, write_parquet
+from relate_common.jsonio import write_json, write_jsonl
 from data_prep.config import SAMPLE_RECORDS, DatasetConfig
 from data_prep.prompts import PROMPT_VERSION, build_messages
 from relate_common.records import AdRecord, RecordError, parse_record, read_rows

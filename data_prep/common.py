@@ -1,19 +1,17 @@
-"""Helpers shared by the data-preparation commands: stable splits, error reporting, atomic writes."""
+"""Helpers shared by the data-preparation commands: stable splits, error reporting, atomic parquet writes (JSON: relate_common.jsonio)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from relate_common.jsonio import atomic_target
 from relate_common.records import RecordError
 
 EXIT_INVALID_INPUT = 2
@@ -53,41 +51,12 @@ def handle_invalid(err: RecordError, skip_invalid: bool, rejected: list[dict[str
     rejected.append(entry)
 
 
-def _atomic_target(path: Path) -> tuple[Path, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return path, Path(tmp)
-
-
 def write_parquet(rows: list[dict[str, Any]], path: Path, schema: pa.Schema | None = None) -> None:
     """Write ``rows`` to ``path`` atomically: a reader never sees a half-written file."""
-    path, tmp = _atomic_target(path)
+    path, tmp = atomic_target(path)
     try:
         table = pa.Table.from_pylist(rows, schema=schema)
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    """Write JSON lines atomically (UTF-8, non-ASCII kept readable)."""
-    path, tmp = _atomic_target(path)
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write one JSON document atomically."""
-    path, tmp = _atomic_target(path)
-    try:
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

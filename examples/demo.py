@@ -48,6 +48,7 @@ import relate_common.records
 import reward_fns
 from data_prep.config import SAMPLE_RECORDS
 from examples.stages import Stage, run_stages, sources_of
+from relate_common.jsonio import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipe" / "relate"
@@ -202,7 +203,7 @@ def train_policy(overrides: list[str], run_dir: Path, inputs: list[Path]) -> Non
     elif previous == fingerprint and (run_dir / CHECKPOINT_SUBDIR).is_dir():
         print(f"[demo] {run_dir}: resuming the interrupted run", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    report.write_text_atomic(path, json.dumps(fingerprint, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(fingerprint, indent=1) + "\n")
     run(compose_config(overrides))
     shutil.rmtree(run_dir / CHECKPOINT_SUBDIR, ignore_errors=True)
 

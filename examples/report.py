@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relate_common.jsonio import write_text_atomic
+
 REWARD_CURVES = "reward_curves.png"
 SCORER_RELIABILITY = "scorer_reliability.png"
 PLOT_FILES = (REWARD_CURVES, SCORER_RELIABILITY)
@@ -67,15 +69,6 @@ class ReportInputs:
 def _tmp_path(path: Path) -> Path:
     """A sibling temporary name with the same suffix (matplotlib picks the format from it)."""
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def copy_atomic(src: Path, dst: Path) -> Path:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from relate_common.ad_format import render_ad
+from relate_common.jsonio import jsonable
 from relate_common.records import AdRecord, RecordError, parse_record, read_rows
 
 from reward_fns.config import ConfigError, RewardConfig
@@ -124,22 +125,6 @@ def _ctcvr(model_dir: str | None, records: list[AdRecord], responses: list[str],
     return np.asarray(pred, dtype=np.float64), ref, f"ctcvr_model scorer at {model_dir}"
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     t0 = time.time()
@@ -211,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             row["penalised_spans"] = d["penalised_spans"]
             if "token_penalty" in d:
                 row["token_penalty"] = d["token_penalty"]
-            f.write(json.dumps(_jsonable(row), ensure_ascii=False) + "\n")
+            f.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
 
     values = [s.values() for s in scores.responses]
     div = [s.diversity_score for s in scores.responses]
@@ -250,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - t0, 2),
     }
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(_jsonable(summary), ensure_ascii=False, indent=2), encoding="utf-8")
+        Path(args.summary_json).write_text(json.dumps(jsonable(summary), ensure_ascii=False, indent=2), encoding="utf-8")
     print(format_summary(Path(args.input).name, t1, t3, len(records), by_lang))
     print(f"\nCTCVR: {ctcvr_note}")
     print(f"G_high: {summary['diversity']['high_freq_ngrams']} n-grams used by >= {stats.threshold} of {stats.n_groups} groups")

@@ -56,7 +56,6 @@ unusable --ctcvr-model / config.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -69,6 +68,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from relate_common.ad_format import parse_ad, render_ad
+from relate_common.jsonio import jsonable, write_json, write_jsonl
 from relate_common.records import AdRecord, RecordError, is_missing, parse_record, read_rows
 from reward_fns.ctcvr import scorer_item
 
@@ -464,20 +464,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def scored_rows(es: EvalSet) -> list[dict[str, Any]]:
     """Per-text scores of one set (for inspection; not a reward_fns.score output)."""
     rows = []
@@ -489,12 +475,6 @@ def scored_rows(es: EvalSet) -> list[dict[str, Any]]:
                      "simulated_ctcvr": float(es.truth_ctcvr[i]), "simulated_p_click": float(es.truth_click[i]),
                      "simulated_p_cvr": float(es.truth_cvr[i]), "format_problems": s.parsed.problems})
     return rows
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(_jsonable(row), ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -565,9 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(result)
     (out_dir / "evaluation.md").write_text(markdown, encoding="utf-8")
-    (out_dir / "evaluation.json").write_text(json.dumps(_jsonable(result), ensure_ascii=False, indent=2), encoding="utf-8")
+    write_json(jsonable(result), out_dir / "evaluation.json")
     for es in sets:
-        _write_jsonl(out_dir / f"scored_{es.name}.jsonl", scored_rows(es))
+        write_jsonl(jsonable(scored_rows(es)), out_dir / f"scored_{es.name}.jsonl")
     if not args.quiet:
         print(markdown)
     print(f"wrote {out_dir / 'evaluation.md'}, {out_dir / 'evaluation.json'} in {result['seconds']} s")

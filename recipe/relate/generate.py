@@ -29,13 +29,12 @@ Exit codes: 0 ok; 2 invalid input (the message names the file, the row and the f
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from relate_common.jsonio import write_jsonl
 from relate_common.records import AdRecord, RecordError, parse_record
 
 GROUND_TRUTH_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landing_page", "industry", "title", "description")
@@ -133,17 +132,6 @@ def output_rows(records: list[AdRecord], texts: list[list[str]], ids: list[list[
     return rows
 
 
-def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as JSONL through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name, ok in (("--n", args.n >= 1), ("--batch-size", args.batch_size >= 1), ("--max-new-tokens", args.max_new_tokens >= 1),
@@ -190,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         k += len(per_prompt)
     stops = set(stop_token_ids(model, tokenizer))
     rows = output_rows([r for _, r in prompts], texts, ids, stops, args.model, args)
-    write_jsonl_atomic(args.output, rows)
+    write_jsonl(rows, args.output)
     n_tok = sum(r["n_tokens"] for r in rows)
     stopped = sum(r["finish_reason"] == "stop" for r in rows)
     print(f"model {args.model} on {next(model.parameters()).device} ({next(model.parameters()).dtype}), loaded in {t_load:.1f} s")
