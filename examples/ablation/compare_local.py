@@ -56,7 +56,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # also runnable as a script: python examples/ablation/compare_local.py
     sys.path.insert(0, str(ROOT))
+
+from relate_common.jsonio import jsonable, write_json  # noqa: E402 (after the path set-up above)
 
 PRESETS = ("model1", "model2", "model3", "model4", "relate")
 LABELS = {"model1": "Model 1", "model2": "Model 2", "model3": "Model 3", "model4": "Model 4", "relate": "RELATE"}
@@ -276,6 +278,22 @@ def _cached(sidecar: Path, key: dict[str, Any], outputs: Sequence[Path]) -> bool
         return False
 
 
+def _run_cached(label: str, sidecar: Path, key: dict[str, Any], output: Path, run: Callable[[], int],
+                failure: str) -> None:
+    """Run a CLI ``main`` unless ``output`` exists and ``sidecar`` holds the same ``key``; the
+    sidecar is written only after success, so an interrupted run is redone."""
+    if _cached(sidecar, key, [output]):
+        print(f"{label}: cached ({output})", flush=True)
+        return
+    print(f"{label} ...", flush=True)
+    t0 = time.perf_counter()
+    sidecar.unlink(missing_ok=True)
+    if run() != 0:
+        raise CompareError(failure)
+    sidecar.write_text(json.dumps(key, default=str), encoding="utf-8")
+    print(f"{label}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def evaluate_model(name: str, model: Path, preset: str, reward_section: Mapping[str, Any], out: Path,
                    args: argparse.Namespace, step: str) -> dict[str, Any]:
     """Generate with ``recipe.relate.generate`` and score with ``recipe.relate.evaluate`` (both
@@ -296,17 +314,9 @@ def evaluate_model(name: str, model: Path, preset: str, reward_section: Mapping[
                 "--seed", str(args.seed), *(["--limit", str(args.limit)] if args.limit else []), "--no-progress"]
     data_stat = Path(args.data).stat()
     gen_key = {"argv": gen_argv, "model": _model_stamp(model), "data": [data_stat.st_size, round(data_stat.st_mtime, 3)]}
-    t0 = time.perf_counter()
-    sidecar = generations.with_suffix(".settings.json")
-    if _cached(sidecar, gen_key, [generations]):
-        print(f"{step} generate {name}: cached ({generations})", flush=True)
-    else:
-        print(f"{step} generate {name} ({model}) ...", flush=True)
-        sidecar.unlink(missing_ok=True)
-        if generate_cli.main(gen_argv) != 0:
-            raise CompareError(f"{name}: recipe.relate.generate failed on {model} (its message is above)")
-        sidecar.write_text(json.dumps(gen_key), encoding="utf-8")
-        print(f"{step} generate {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    _run_cached(f"{step} generate {name}", generations.with_suffix(".settings.json"), gen_key, generations,
+                lambda: generate_cli.main(gen_argv),
+                f"{name}: recipe.relate.generate failed on {model} (its message is above)")
 
     eval_dir.mkdir(parents=True, exist_ok=True)
     reward_yaml = eval_dir / "reward_config.yaml"  # the run's own reward config (recipe keys dropped)
@@ -317,17 +327,9 @@ def evaluate_model(name: str, model: Path, preset: str, reward_section: Mapping[
     eval_key = {"argv": eval_argv, "generations": gen_key, "reward": reward_section,
                 "ctcvr_model": _model_stamp(Path(args.ctcvr_model)) if Path(args.ctcvr_model).is_dir() else None}
     result = eval_dir / "evaluation.json"
-    sidecar = eval_dir / "settings.json"
-    t0 = time.perf_counter()
-    if _cached(sidecar, eval_key, [result]):
-        print(f"{step} evaluate {name}: cached ({result})", flush=True)
-    else:
-        print(f"{step} evaluate {name} ...", flush=True)
-        sidecar.unlink(missing_ok=True)
-        if evaluate_cli.main(eval_argv) != 0:
-            raise CompareError(f"{name}: recipe.relate.evaluate failed on {generations} (its message is above)")
-        sidecar.write_text(json.dumps(eval_key, default=str), encoding="utf-8")
-        print(f"{step} evaluate {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    _run_cached(f"{step} evaluate {name}", eval_dir / "settings.json", eval_key, result,
+                lambda: evaluate_cli.main(eval_argv),
+                f"{name}: recipe.relate.evaluate failed on {generations} (its message is above)")
     return json.loads(result.read_text(encoding="utf-8"))["experiment"]
 
 
@@ -417,18 +419,6 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
     return "\n".join(lines) + "\n"
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 # ---- CLI --------------------------------------------------------------------------------------------
@@ -545,10 +535,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     }
     markdown = render_markdown(result)
     (out / "table3.md").write_text(markdown, encoding="utf-8")
-    (out / "table3.json").write_text(json.dumps(_jsonable(result), indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(jsonable(result), out / "table3.json")
     print(markdown)
     print(f"wrote {out / 'table3.md'}, {out / 'table3.json'}, {figure}")
-    return _jsonable(result)
+    return jsonable(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
