@@ -73,9 +73,9 @@ class Budget:
     checkpoint_every: int  # trainer checkpoint period in steps: at most this many steps are redone after Ctrl-C
 
 
-# Measured on this 2-core machine (README "make demo"): data and scorer stages ~3 min cold; SmolLM2
-# 66-79 s per step at 4 prompts x G=4 and 96 new tokens on idle cores, 130-420 s under load. The
-# 25-minute target is not verified end to end for 10 steps; --steps lowers the budget.
+# Measured on this 2-core machine, idle, fresh clone with cold caches (README "make demo"): 19.2 min
+# in all, of which 10 SmolLM2 steps at 4 prompts x G=4 and 96 new tokens took 863 s (75-94 s each);
+# busy cores slow the steps several-fold. --steps lowers the budget.
 FULL = Budget(impressions=1_000_000, scorer_epochs=None, policy="smollm2", steps=10, prompts_per_step=4,
               group_size=4, max_new_tokens=96, eval_prompts=None, checkpoint_every=3)
 # The same pipeline in about 2-3 minutes: 50k impressions, a short scorer fit, the tiny policy,

@@ -55,7 +55,7 @@ class Stage:
         """Why the stage must run (None: it is fresh and is skipped)."""
         marker = self.marker(state_dir)
         if not marker.exists():
-            return "never completed"
+            return "no completed run yet"
         missing = [p for p in self.outputs if not p.exists()]
         if missing:
             return f"output missing: {missing[0]}"
