@@ -10,12 +10,12 @@
 #   bash examples/ablation/run_local_ablation.sh actor_rollout_ref.model.lora_rank=8   # Hydra overrides, all five runs
 #   COMPARE_ARGS="--limit 16" bash examples/ablation/run_local_ablation.sh         # evaluate on 16 val prompts
 #
-# Cost on the 2-core CPU with SmolLM2-135M at the defaults (4 prompts x G=4, 96 new tokens):
-# ~60-70 s per step on idle cores (500-560 s measured while other jobs loaded the machine), plus per
-# preset ~1 min of loading, checkpointing, validation and export, plus the held-out evaluation of
-# six models (34 val prompts each; COMPARE_ARGS="--limit K" for fewer). On idle cores STEPS=3 is
-# about 25-30 min in all. Memory: up to ~15 GB RSS per run (the long Chinese prompts); disk:
-# ~2.1 GB per preset (one 1.6 GB checkpoint with the AdamW state, kept for resuming, + final/).
+# Cost on the 2-core CPU with SmolLM2-135M at the defaults (4 prompts x G=4, 96 new tokens), measured
+# on idle cores: STEPS=10 took 77 min in all (800-906 s per preset run, 61-102 s per step, then 8 min
+# for the held-out generation and evaluation of six models on 34 val prompts; COMPARE_ARGS="--limit K"
+# for fewer). Busy cores slow the steps several-fold. Memory: up to ~15 GB RSS per run (the long
+# Chinese prompts); disk: ~2.1 GB per preset (one 1.6 GB checkpoint with the AdamW state, kept for
+# resuming, + final/). The outcome of that run is in the README ("Results at CPU toy scale").
 #
 # Resuming: rerun the same command. A preset whose run finished with the same command is skipped
 # (marker OUT_DIR/<preset>/.ablation-done); an interrupted one resumes from its newest checkpoint
