@@ -28,6 +28,23 @@ def tokenizer(tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir):
+    """A 2-layer random Llama (vocab = the real tokenizer's, grouped-query attention, rotary
+    positions) saved with the SmolLM2 tokenizer: attention and positions matter in its outputs."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tok))
+    path = tmp_path_factory.mktemp("tiny_random_llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def pipeline_dir(tmp_path_factory):
     """The real data pipeline at small scale on the bundled records: RL dataset, 20k simulated
     impressions, CTCVR tables and a CTCVR model trained for a few epochs (~30 s)."""

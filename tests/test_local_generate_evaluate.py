@@ -38,21 +38,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer_dir):
-    """A 2-layer random Llama (vocab = the real tokenizer's) saved with the SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tok))
-    path = tmp_path_factory.mktemp("tiny_policy")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def policy(tiny_model_dir):
     return load_policy(str(tiny_model_dir))
 

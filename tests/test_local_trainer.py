@@ -385,6 +385,27 @@ def test_lora_trains_adapter_only_and_resumes(tiny_policy, dataset_dir, tmp_path
     assert not any("lora_" in k for k in merged)
 
 
+def test_shared_prompt_prefix_trains_as_the_plain_layout(tiny_policy, dataset_dir, tmp_path):
+    """local.share_prompt_prefix (default true) against false: the same samples and rewards, and the
+    same losses, gradient norms and KL to float rounding, over two steps (the second one starts from
+    the weights the first update wrote, so a wrong gradient would show there). G=3 with micro-batches
+    of 2 cuts groups, and the LoRA run covers the adapter-disabled reference pass."""
+    sizes = ["actor_rollout_ref.rollout.n=3", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+             "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+             "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", "local.max_steps=2"]
+    for extra in ([], ["actor_rollout_ref.model.lora_rank=4", "actor_rollout_ref.actor.optim.lr=1e-2"]):
+        tag = "lora" if extra else "full"
+        plain, shared = (run_local(*overrides(tiny_policy, dataset_dir, tmp_path / f"{tag}-{share}", *sizes, *extra,
+                                              f"local.share_prompt_prefix={share}"))
+                         for share in ("false", "true"))
+        for a, b in zip(plain, shared):
+            for key in ("critic/score/mean", "response_length/mean", "critic/advantages/max"):
+                assert a[key] == b[key], (tag, key)
+            for key in ("actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "actor/entropy"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (tag, key)
+        assert plain[1]["actor/kl_loss"] > 0
+
+
 # ---- guards -------------------------------------------------------------------------------------------------
 
 

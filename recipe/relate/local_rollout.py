@@ -158,14 +158,44 @@ def _generation_config(model: Any, *, temperature: float, top_p: float, max_new_
     return GenerationConfig(**kwargs)
 
 
+def _shared_prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, device: Any,
+                    max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(input_ids, attention_mask, cache) for ``generate`` with each distinct prompt run once.
+
+    The distinct prompts but their last token go through the model once; their keys and values
+    are copied, one row per sequence, into a preallocated ``StaticCache`` with room for the
+    response, so ``generate`` only feeds the last prompt token and decodes. (The default growing
+    cache copies the whole cache at every new token: on CPU that copying took about half of a
+    96-token decode with ~650-token prompts.) Positions follow the attention mask (cumsum - 1),
+    as ``generate`` computes them for left padding.
+    """
+    from transformers import StaticCache
+
+    distinct: dict[tuple[int, ...], int] = {}
+    index = torch.as_tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
+    ids, mask = _left_pad(list(distinct), pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   use_cache=True, logits_to_keep=1).past_key_values
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + int(max_new_tokens))
+    for layer_idx, layer in enumerate(prefix.layers):
+        cache.update(layer.keys[index], layer.values[index], layer_idx)
+    return ids[index], mask[index], cache
+
+
 @torch.inference_mode()
 def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], n: int, *,
                        temperature: float, top_p: float, max_new_tokens: int, seed: int,
-                       batch_size: int = 16, progress: bool = False) -> list[list[list[int]]]:
+                       batch_size: int = 16, share_prompt_prefix: bool = True,
+                       progress: bool = False) -> list[list[list[int]]]:
     """``n`` responses per prompt: ``out[prompt][sample]`` -> response token ids (see module docstring).
 
     The prompt-major list of ``len(prompt_ids) * n`` sequences is cut into batches of
-    ``batch_size``; each batch is left-padded and decoded by ``model.generate``.
+    ``batch_size``; each batch is left-padded and decoded by ``model.generate``. With
+    ``share_prompt_prefix`` (the default) each distinct prompt of a batch is prefilled once and the
+    decode writes into a preallocated cache (:func:`_shared_prefill`); without it ``generate`` runs
+    the whole batch with its default cache. The RNG draws are the same either way, so the samples
+    are too, up to floating-point rounding of the logits.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -188,9 +218,14 @@ def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence
     batches = [flat[i:i + batch_size] for i in range(0, len(flat), batch_size)]
     bar = tqdm(total=len(flat), desc="generate", unit="seq", disable=not progress)
     for b, items in enumerate(batches):
-        ids, mask = _left_pad([prompt_ids[p] for p, _ in items], pad_id, device)
+        prompts = [prompt_ids[p] for p, _ in items]
+        cache = None
+        if share_prompt_prefix and min(map(len, prompts)) > 1:
+            ids, mask, cache = _shared_prefill(model, prompts, pad_id, device, max_new_tokens)
+        else:
+            ids, mask = _left_pad(prompts, pad_id, device)
         with _seeded(seed * _SEED_STRIDE + b, device):
-            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+            seqs = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=gen_cfg)
         new = seqs[:, ids.shape[1]:].tolist()
         for (p, s), row in zip(items, new):
             out[p][s] = trim_response(row, stops)
