@@ -73,10 +73,10 @@ class Budget:
     checkpoint_every: int  # trainer checkpoint period in steps: at most this many steps are redone after Ctrl-C
 
 
-# Measured on this 2-core machine, idle, fresh clone with cold caches (README "make demo"): 19.2 min
-# in all, of which 10 SmolLM2 steps at 4 prompts x G=4 and 96 new tokens took 863 s (75-94 s each);
-# busy cores slow the steps several-fold. --steps lowers the budget.
-FULL = Budget(impressions=1_000_000, scorer_epochs=None, policy="smollm2", steps=10, prompts_per_step=4,
+# 6 steps so that the whole demo fits in 25 minutes on the slowest 2-core machine we have run it on
+# (AVX2 only), where a SmolLM2 step at 4 prompts x G=4 and 96 new tokens takes ~110-135 s even with
+# shared prompt prefixes (README "make demo" has the measured times). --steps changes the budget.
+FULL = Budget(impressions=1_000_000, scorer_epochs=None, policy="smollm2", steps=6, prompts_per_step=4,
               group_size=4, max_new_tokens=96, eval_prompts=None, checkpoint_every=3)
 # The same pipeline in about 2-3 minutes: 50k impressions, a short scorer fit, the tiny policy,
 # 2 steps of 2 prompts x G=2, 4 val prompts.
