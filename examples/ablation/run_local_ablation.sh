@@ -10,10 +10,11 @@
 #   bash examples/ablation/run_local_ablation.sh actor_rollout_ref.model.lora_rank=8   # Hydra overrides, all five runs
 #   COMPARE_ARGS="--limit 16" bash examples/ablation/run_local_ablation.sh         # evaluate on 16 val prompts
 #
-# Cost on the 2-core CPU with SmolLM2-135M at the defaults (4 prompts x G=4, 96 new tokens), measured
-# on idle cores: STEPS=10 took 77 min in all (800-906 s per preset run, 61-102 s per step, then 8 min
-# for the held-out generation and evaluation of six models on 34 val prompts; COMPARE_ARGS="--limit K"
-# for fewer). Busy cores slow the steps several-fold. Memory: up to ~15 GB RSS per run (the long
+# Cost on a 2-core CPU with SmolLM2-135M at the defaults (4 prompts x G=4, 96 new tokens), measured
+# on idle cores at commit 236d5ae (before shared prompt prefixes; a faster CPU than the AVX2-only one
+# where the demo's steps took 91-175 s): STEPS=10 took 77 min in all (800-906 s per preset run,
+# 61-102 s per step, then 8 min for the held-out generation and evaluation of six models on 34 val
+# prompts; COMPARE_ARGS="--limit K" for fewer). Busy cores slow the steps several-fold. Memory: up to ~15 GB RSS per run (the long
 # Chinese prompts); disk: ~2.1 GB per preset (one 1.6 GB checkpoint with the AdamW state, kept for
 # resuming, + final/). The outcome of that run is in the README ("Results at CPU toy scale").
 #
