@@ -339,16 +339,12 @@ class SharedPacked:
 def pack_shared(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
                 device: Any = "cpu") -> SharedPacked:
     """Like :func:`pack_sequences`, but equal prompts are stored once (GRPO's G responses per prompt)."""
+    from recipe.relate.local_rollout import _left_pad
+
     distinct: dict[tuple[int, ...], int] = {}
     index = [distinct.setdefault(tuple(int(t) for t in p), len(distinct)) for p in prompt_ids]
-    unique = list(distinct)
-    P = max(len(p) for p in unique)
+    ids, mask = _left_pad(list(distinct), pad_id, "cpu")
     R = max(1, max(len(r) for r in response_ids))
-    ids = torch.full((len(unique), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(unique), P), dtype=torch.long)
-    for row, p in enumerate(unique):
-        ids[row, P - len(p):] = torch.as_tensor(p, dtype=torch.long)
-        mask[row, P - len(p):] = 1
     responses = torch.full((len(response_ids), R), pad_id, dtype=torch.long)
     response_mask = torch.zeros((len(response_ids), R), dtype=torch.float32)
     for row, r in enumerate(response_ids):
