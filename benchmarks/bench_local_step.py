@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from data_prep import build_dataset
-    from recipe.relate.local_rollout import generate_responses, load_policy, render_prompts, stop_token_ids
+    from recipe.relate.local_rollout import generate_responses, load_policy, padding_id, render_prompts
     from recipe.relate.local_trainer import (
         chunks,
         compose_config,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     update_micro = int(cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu)
     path = str(smollm2_model_dir()) if args.model == "smollm2" else args.model
     model, tok = load_policy(path, dtype="float32", device="cpu")
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(model, tok)[0]
+    pad_id = padding_id(model, tok)
     with tempfile.TemporaryDirectory() as tmp:
         build_dataset.main(["--output-dir", tmp])
         rows = read_rl_rows(str(Path(tmp) / "train.parquet"), "prompt", args.prompts)

@@ -74,7 +74,7 @@ class Budget:
 
 
 # 6 steps so that the whole demo fits in 25 minutes on the slowest 2-core machine we have run it on
-# (AVX2 only), where a SmolLM2 step at 4 prompts x G=4 and 96 new tokens takes ~110-135 s even with
+# (AVX2 only), where a SmolLM2 step at 4 prompts x G=4 and 96 new tokens took 91-175 s even with
 # shared prompt prefixes (README "make demo" has the measured times). --steps changes the budget.
 FULL = Budget(impressions=1_000_000, scorer_epochs=None, policy="smollm2", steps=6, prompts_per_step=4,
               group_size=4, max_new_tokens=96, eval_prompts=None, checkpoint_every=3)

@@ -104,8 +104,11 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return found
 
 
-def _pad_id(tokenizer: Any, stops: Sequence[int]) -> int:
-    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else int(stops[0])
+def padding_id(model: Any, tokenizer: Any) -> int:
+    """The tokenizer's pad token, else the first stop token (padding is masked and stripped anyway)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(stop_token_ids(model, tokenizer)[0])
 
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +121,18 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[
             ids[row, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
             mask[row, width - len(s):] = 1
     return ids.to(device), mask.to(device)
+
+
+def distinct_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
+                     device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each distinct prompt once, left-padded: (ids, mask, positions), each (u, P), and the
+    gather index (b,) giving the row of each of the ``b`` prompts. Positions follow the mask
+    (cumsum - 1), as verl's layout and ``generate`` number left-padded tokens."""
+    rows: dict[tuple[int, ...], int] = {}
+    index = [rows.setdefault(tuple(int(t) for t in p), len(rows)) for p in prompts]
+    ids, mask = _left_pad(list(rows), pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions, torch.as_tensor(index, dtype=torch.long, device=device)
 
 
 def trim_response(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
@@ -171,10 +186,7 @@ def _shared_prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, d
     """
     from transformers import StaticCache
 
-    distinct: dict[tuple[int, ...], int] = {}
-    index = torch.as_tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
-    ids, mask = _left_pad(list(distinct), pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions, index = distinct_prompts(prompts, pad_id, device)
     prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                    use_cache=True, logits_to_keep=1).past_key_values
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + int(max_new_tokens))
@@ -209,7 +221,7 @@ def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence
         if not len(p):
             raise ValueError(f"prompt {i} is empty")
     stops = stop_token_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, stops)
+    pad_id = padding_id(model, tokenizer)
     gen_cfg = _generation_config(model, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                  stops=stops, pad_id=pad_id)
     device = next(model.parameters()).device

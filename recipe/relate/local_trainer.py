@@ -339,11 +339,9 @@ class SharedPacked:
 def pack_shared(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
                 device: Any = "cpu") -> SharedPacked:
     """Like :func:`pack_sequences`, but equal prompts are stored once (GRPO's G responses per prompt)."""
-    from recipe.relate.local_rollout import _left_pad
+    from recipe.relate.local_rollout import distinct_prompts
 
-    distinct: dict[tuple[int, ...], int] = {}
-    index = [distinct.setdefault(tuple(int(t) for t in p), len(distinct)) for p in prompt_ids]
-    ids, mask = _left_pad(list(distinct), pad_id, "cpu")
+    ids, mask, positions, index = distinct_prompts(prompt_ids, pad_id, "cpu")
     R = max(1, max(len(r) for r in response_ids))
     responses = torch.full((len(response_ids), R), pad_id, dtype=torch.long)
     response_mask = torch.zeros((len(response_ids), R), dtype=torch.float32)
@@ -351,10 +349,9 @@ def pack_shared(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequ
         if len(r):
             responses[row, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
             response_mask[row, :len(r)] = 1.0
-    index_t = torch.as_tensor(index, dtype=torch.long)
-    response_positions = mask.sum(-1)[index_t][:, None] + torch.arange(R)[None, :]
-    return SharedPacked(ids.to(device), mask.to(device), ((mask.cumsum(-1) - 1).clamp(min=0)).to(device),
-                        index_t.to(device), responses.to(device), response_mask.to(device), response_positions.to(device))
+    response_positions = mask.sum(-1)[index][:, None] + torch.arange(R)[None, :]
+    return SharedPacked(ids.to(device), mask.to(device), positions.to(device), index.to(device), responses.to(device),
+                        response_mask.to(device), response_positions.to(device))
 
 
 def response_log_probs(model: Any, packed: Packed | SharedPacked, temperature: float,
@@ -604,7 +601,7 @@ class LocalTrainer:
 
     def __init__(self, config: DictConfig):
         from recipe.relate.local_loss import actor_config
-        from recipe.relate.local_rollout import default_device, resolve_dtype
+        from recipe.relate.local_rollout import default_device, padding_id, resolve_dtype
 
         check_supported(config)
         self.config = config
@@ -626,7 +623,7 @@ class LocalTrainer:
         self.model_path = self._model_path()
         self.lora_rank = int(self.arr.model.get("lora_rank", 0) or 0)
         self.model, self.tokenizer = self._build_policy()
-        self.pad_id = self._pad_id()
+        self.pad_id = padding_id(self.model, self.tokenizer)
         self.ref_model = self._build_reference()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.lr_scheduler = self._build_optimizer()
@@ -711,13 +708,6 @@ class LocalTrainer:
         ref, _ = self._load_base(self.model_path)
         ref.requires_grad_(False)
         return ref.eval()
-
-    def _pad_id(self) -> int:
-        from recipe.relate.local_rollout import stop_token_ids
-
-        if self.tokenizer.pad_token_id is not None:
-            return int(self.tokenizer.pad_token_id)
-        return int(stop_token_ids(self.model, self.tokenizer)[0])
 
     def _build_optimizer(self) -> tuple[Any, Any]:
         """verl's optimizer and LR schedule from ``actor.optim`` (the schedule steps once per
