@@ -2,6 +2,7 @@
 #   make demo        the main job on the bundled defaults (reruns skip what is done)
 #   make demo-smoke  the same pipeline at a tiny size (~2-3 min)
 #   make test   the test suite (CPU only); .ci/run calls exactly this
+#   make check-gpu-deps  pip's resolver over requirements-gpu.txt, installing nothing
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,14 +11,19 @@ STAMP := $(VENV)/.relate-installed
 DEMO_DIR ?= outputs/demo
 DEMO_SMOKE_DIR ?= outputs/demo-smoke
 PYTEST_ARGS ?=
+# Data for the tests, not installed: trl 1.10.0's wheel ships the real Qwen3 chat template
+# (trl/chat_templates/qwen3.jinja), read out of the zip by tests/test_preflight.py.
+TRL_WHEEL := $(VENV)/wheels/trl-1.10.0-py3-none-any.whl
+GPU_DEPS_REPORT ?= $(VENV)/gpu-deps-report.json
 
-.PHONY: install demo demo-smoke test clean help
+.PHONY: install demo demo-smoke test check-gpu-deps clean help
 
 help:
 	@echo "make demo    run the main job on the bundled sample (report: $(DEMO_DIR)/report.md)"
 	@echo "make demo-smoke  the same pipeline tiny (report: $(DEMO_SMOKE_DIR)/report.md, ~2-3 min)"
 	@echo "make test    run the test suite on CPU"
 	@echo "make install create $(VENV) and install the CPU requirements (done by demo/test)"
+	@echo "make check-gpu-deps  resolve requirements-gpu.txt with pip (--dry-run: nothing is installed)"
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +35,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-install: $(STAMP)
+# A download, never an install: trl in the venv changes verl's workers (verl/models/transformers/monkey_patch.py:352-356).
+$(TRL_WHEEL): | $(STAMP)
+	$(PY) -m pip download -q --no-deps trl==1.10.0 -d $(VENV)/wheels
+
+install: $(STAMP) $(TRL_WHEEL)
 
 demo: install
 	$(PY) -m examples.demo --output-dir $(DEMO_DIR)
@@ -42,6 +52,16 @@ test: install
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; \
 	exit $$rc
+
+# pip's resolver over the whole GPU set, installing nothing (--dry-run; --report writes what it would
+# install). --ignore-installed: resolve every package from the index, not from what $(VENV) holds.
+# flash-attn 2.8.3 is an sdist whose setup.py imports torch: --no-build-isolation lets it see $(VENV)'s
+# (CPU) torch to write its metadata, FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE keeps it from looking for nvcc.
+# The report is then checked against every pin (python -m recipe.relate.preflight gpu-report).
+check-gpu-deps: install
+	FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE $(PY) -m pip install --dry-run --ignore-installed --no-build-isolation -q \
+		--report $(GPU_DEPS_REPORT) -r requirements-gpu.txt
+	$(PY) -m recipe.relate.preflight gpu-report $(GPU_DEPS_REPORT) requirements-gpu.txt
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis

@@ -136,9 +136,14 @@ def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Text
     """Return the encoder for ``spec``, building it at most once per process and device.
 
     Reward workers call this for every sample, so the module-level cache matters: loading a model
-    costs seconds, a dict lookup nothing.
+    costs seconds, a dict lookup nothing. ``device`` None means CUDA when available, else CPU (what
+    sentence-transformers picks), and shares the cache entry of that device named explicitly.
     """
-    key = (spec, device)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    key = (spec, str(device))
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:

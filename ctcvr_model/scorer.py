@@ -72,7 +72,7 @@ class CTCVRScorer:
         if encoder is None or isinstance(encoder, str):
             spec = encoder or cfg["encoder"]["name"]
             try:
-                encoder = load_encoder(spec, device=str(dev) if dev.type == "cuda" else None)
+                encoder = load_encoder(spec, device=str(dev))  # the net's device, CPU included
             except Exception as e:  # sentence-transformers raises OSError/ValueError/HF errors alike
                 raise ModelDirError(
                     model_dir, f"cannot load the encoder '{spec}' named in config.json ({type(e).__name__}: {e})",

@@ -76,13 +76,15 @@ class RewardContext:
         tokenizer: Any | None = None,
         encoders: Mapping[str, Any] | None = None,
         judge: JudgeClient | None | str = "auto",
+        encoder_device: str | None = None,
     ) -> "RewardContext":
         """``encoders``: {spec: ready TextEncoder} overrides; ``judge``: a client, None, or 'auto'
-        (from config / environment, only when correctness or risk asks for it)."""
+        (from config / environment, only when correctness or risk asks for it); ``encoder_device``:
+        where the relevance encoders run (None: CUDA when available, else CPU)."""
         cfg = resolve_config(config)
         if judge == "auto":
             judge = JudgeClient.from_config(cfg.judge) if (cfg.correctness.use_judge or cfg.risk.use_judge) else None
-        return cls(cfg=cfg, encoders=EncoderPool(cfg.relevance, encoders), judge=judge, tokenizer=tokenizer)
+        return cls(cfg=cfg, encoders=EncoderPool(cfg.relevance, encoders, device=encoder_device), judge=judge, tokenizer=tokenizer)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is None:

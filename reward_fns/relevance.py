@@ -157,9 +157,10 @@ class EncoderPool:
     ``overrides`` maps a spec to a ready encoder (tests, or a caller that already holds one).
     """
 
-    def __init__(self, cfg: RelevanceConfig, overrides: dict[str, object] | None = None):
+    def __init__(self, cfg: RelevanceConfig, overrides: dict[str, object] | None = None, device: str | None = None):
         self.cfg = cfg
         self.overrides = dict(overrides or {})
+        self.device = device  # None: CUDA when available, else CPU (ctcvr_model.encoders.load_encoder)
         self._cache: dict[str, object] = {}
 
     def spec_for(self, language: str) -> str:
@@ -172,5 +173,5 @@ class EncoderPool:
         if spec not in self._cache:
             from ctcvr_model.encoders import load_encoder, maybe_cached
 
-            self._cache[spec] = maybe_cached(load_encoder(spec), self.cfg.cache_dir)
+            self._cache[spec] = maybe_cached(load_encoder(spec, device=self.device), self.cfg.cache_dir)
         return self._cache[spec]

@@ -72,11 +72,19 @@ def load_policy(path: str, dtype: str = "auto", device: str | None = None) -> tu
     return model, tokenizer
 
 
-def render_prompts(tokenizer: Any, messages_list: Sequence[Sequence[dict]]) -> list[list[int]]:
-    """Token ids of each chat (list of ``{"role", "content"}``) with the assistant generation prompt."""
+def render_prompts(tokenizer: Any, messages_list: Sequence[Sequence[dict]],
+                   chat_template_kwargs: dict | None = None) -> list[list[int]]:
+    """Token ids of each chat (list of ``{"role", "content"}``) with the assistant generation prompt.
+
+    ``chat_template_kwargs``: verl's ``data.apply_chat_template_kwargs`` (e.g. ``enable_thinking``),
+    passed to ``apply_chat_template`` as verl's rollout and dataset do."""
+    extra = dict(chat_template_kwargs or {})
+    for key in ("tokenize", "add_generation_prompt", "return_dict", "return_tensors"):
+        extra.pop(key, None)
     out = []
     for messages in messages_list:
-        ids = tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=True,
+                                            **extra)
         if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
             ids = ids["input_ids"]
         out.append([int(i) for i in ids])

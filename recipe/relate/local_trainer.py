@@ -153,8 +153,6 @@ def check_supported(config: DictConfig) -> None:
         problems.append("algorithm.rollout_correction (HF generate and the trainer share one model: no mismatch to correct)")
     if (algo.get("filter_groups") or {}).get("enable", False):
         problems.append("algorithm.filter_groups.enable=true")
-    if config.data.get("apply_chat_template_kwargs"):
-        problems.append("data.apply_chat_template_kwargs")
     if config.data.get("custom_cls", {}).get("path"):
         problems.append("data.custom_cls")
     if int(config.data.train_batch_size) % int(actor.ppo_mini_batch_size) != 0:
@@ -737,7 +735,9 @@ class LocalTrainer:
 
         raw = read_rl_rows(files, self.data_cfg.get("prompt_key", "prompt"), max_samples,
                            shuffle=bool(self.data_cfg.get("shuffle", True)), seed=self.data_seed)
-        ids = render_prompts(self.tokenizer, [m for _, m in raw])
+        kwargs = self.data_cfg.get("apply_chat_template_kwargs") or {}
+        ids = render_prompts(self.tokenizer, [m for _, m in raw],
+                             OmegaConf.to_container(kwargs) if isinstance(kwargs, DictConfig) else dict(kwargs))
         rows, dropped = fit_prompts(raw, ids, int(self.data_cfg.max_prompt_length),
                                     bool(self.data_cfg.get("filter_overlong_prompts", True)),
                                     str(self.data_cfg.get("truncation", "error")))

@@ -1,42 +1,51 @@
-"""Registrations the RELATE recipe needs in every process that may look them up.
+"""Where the RELATE registrations happen: in the processes where verl resolves the names.
 
-verl resolves the trainer (``TRAINER_REGISTRY``) inside its TaskRunner Ray actor, the advantage
-estimator (``ADV_ESTIMATOR_REGISTRY``) in the trainer process, and the reward manager
-(``REWARD_MANAGER``) in each reward-loop worker actor. Importing our modules in the launching
-shell is not enough: ``main_relate`` therefore sets this module's ``register_all`` as Ray's
-``worker_process_setup_hook``, which Ray runs in every worker process before any task.
+verl resolves three names of ours, each in one kind of process:
+
+* the trainer ``trainer.v1.trainer_mode: relate`` (``TRAINER_REGISTRY``) and the advantage
+  estimator ``algorithm.adv_estimator: relate`` (``ADV_ESTIMATOR_REGISTRY``) in its TaskRunner
+  actor (``verl/trainer/main_ppo.py:139-141``; the trainer and its advantage step run there):
+  :class:`RelateTaskRunner` imports our modules at the top of ``run``, then runs verl's own
+  ``TaskRunnerV1.run`` unchanged;
+* the reward manager in each reward-loop worker: ``reward.reward_manager.source: importlib`` with
+  ``module.path: pkg://recipe.relate.reward_manager`` makes verl import it there itself
+  (``verl/trainer/ppo/reward.py:96-106``).
+
+Nothing runs at Ray worker start-up. A ``runtime_env.worker_process_setup_hook`` (what this module
+used to install) runs in every worker process, GPU trainer ranks included, before Ray has set
+``CUDA_VISIBLE_DEVICES``; importing verl there calls ``torch.cuda.is_available()``
+(``verl/utils/device.py``), and every rank could end up on GPU 0.
 """
 
 from __future__ import annotations
 
 import importlib
 
+import ray
+from verl.trainer.main_ppo import TaskRunnerV1
+
+# Modules whose import registers a RELATE name in verl (the reward manager module is imported
+# by verl through reward.reward_manager.module.path).
 RELATE_MODULES = (
     "recipe.relate.relate_core_algos",  # adv estimator "relate"
-    "recipe.relate.reward_manager",  # reward manager "relate"
     "recipe.relate.relate_trainer",  # trainer "relate"
 )
-SETUP_HOOK = f"{__name__}.register_all"
+REWARD_MANAGER_MODULE = "recipe.relate.reward_manager"
 
 
 def register_all() -> None:
     """Import every module whose import registers a RELATE component (idempotent)."""
-    for module in RELATE_MODULES:
+    for module in (*RELATE_MODULES, REWARD_MANAGER_MODULE):
         importlib.import_module(module)
 
 
-def add_worker_setup_hook(config) -> None:
-    """Put ``register_all`` into ``ray_kwargs.ray_init.runtime_env`` of a verl config, in place."""
-    from omegaconf import OmegaConf, open_dict
+class RelateTaskRunner(TaskRunnerV1.__ray_actor_class__):  # verl's TaskRunnerV1 is a Ray actor class
+    """verl's v1 TaskRunner that first registers the RELATE trainer and estimator in its process."""
 
-    with open_dict(config):
-        ray_init = config.ray_kwargs.setdefault("ray_init", {})
-        runtime_env = ray_init.get("runtime_env") or OmegaConf.create({})
-        existing = runtime_env.get("worker_process_setup_hook")
-        if existing not in (None, SETUP_HOOK):
-            raise ValueError(
-                f"ray_kwargs.ray_init.runtime_env.worker_process_setup_hook is already {existing!r}; RELATE needs "
-                f"{SETUP_HOOK!r} there (call register_all from your hook instead)"
-            )
-        runtime_env["worker_process_setup_hook"] = SETUP_HOOK
-        ray_init["runtime_env"] = runtime_env
+    def run(self, config):
+        for module in RELATE_MODULES:
+            importlib.import_module(module)
+        return super().run(config)
+
+
+RelateTaskRunnerActor = ray.remote(RelateTaskRunner)

@@ -11,6 +11,7 @@ alpha, lambda1, lambda2, Delta_d, ...) plus the few keys only the verl recipe ne
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,13 @@ class RecipeConfig:
     # Micro-batcher of the CTCVR scorer in each reward worker: verl scores one sample per call.
     scorer_max_batch_size: int = 64
     scorer_max_wait_ms: float = 5.0
+    # Seconds between the replay buffer's TransferQueue polls while it waits for a step's samples
+    # (verl's fixed default is 2.0 s, about 2 s per step); null keeps verl's value.
+    replay_poll_interval_s: float | None = None
+    # Device of the reward scorer (CTCVR net and its text encoder, the relevance encoders) where the
+    # reward is computed: verl's reward-loop workers reserve no GPU, so the verl run keeps it on "cpu"
+    # (recipe/relate/preflight.py refuses cuda there); local mode may use "cuda".
+    scorer_device: str = "cpu"
     # Compose and validate the config, print it, and exit without starting Ray (CPU-checkable).
     dry_run: bool = False
 
@@ -60,6 +68,10 @@ def split_relate_section(section: Any) -> tuple[RecipeConfig, RewardConfig]:
     data = to_plain(section)
     recipe = RecipeConfig(**{k: data.pop(k) for k in RECIPE_KEYS if k in data})
     reward = RewardConfig.from_dict(data)
+    if recipe.replay_poll_interval_s is not None and not recipe.replay_poll_interval_s > 0:
+        raise ValueError(f"relate.replay_poll_interval_s must be > 0 or null, got {recipe.replay_poll_interval_s!r}")
+    if not isinstance(recipe.scorer_device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", recipe.scorer_device):
+        raise ValueError(f"relate.scorer_device must be cpu, cuda, cuda:N, mps or xpu[:N], got {recipe.scorer_device!r}")
     if recipe.sentence_estimator not in SENTENCE_ESTIMATORS:
         raise ValueError(f"relate.sentence_estimator must be one of {SENTENCE_ESTIMATORS}, got {recipe.sentence_estimator!r}")
     if "ctcvr" in reward.weights and not recipe.ctcvr_model_dir:

@@ -54,9 +54,26 @@ def add_at_last_token(scores: torch.Tensor, lengths: torch.Tensor, delta: np.nda
     return out
 
 
+# The mode verl's v1 trainer compares with: "sync" selects the synchronous replay buffer
+# (trainer_base.py:153), the full generation batch (:731), no TransferQueue dump in checkpoints
+# (:1004) and no persisted / re-issued prompts (:1499, :902-912); any other name gets the async
+# behaviour, whatever the class.
+SYNC_MODE = "sync"
+
+
 @register_trainer(RELATE_TRAINER)
 class RelateTrainer(PPOTrainerSync):
     """verl's sync trainer with RELATE's batch-level rewards and token-level credit assignment."""
+
+    @property
+    def trainer_mode(self) -> str:
+        """Always ``"sync"``: RELATE is on-policy GRPO (paper eq. 6), whatever the registered name."""
+        return SYNC_MODE
+
+    @trainer_mode.setter
+    def trainer_mode(self, name: str) -> None:
+        # PPOTrainer.__init__ assigns config.trainer.v1.trainer_mode (trainer_base.py:129).
+        self.registered_mode = name
 
     def __init__(self, config):
         super().__init__(config)
@@ -66,6 +83,17 @@ class RelateTrainer(PPOTrainerSync):
                 f"{config.algorithm.adv_estimator!r} (the RELATE trainer computes token penalties for that estimator)"
             )
         self.recipe_config, self.reward_config = split_relate_section(config.get("relate"))
+
+    def _build_replay_buffer(self):
+        # verl's ReplayBuffer sleeps poll_interval (default 2.0 s) between TransferQueue polls while it
+        # waits for the batch (replay_buffer.py:144,409); the trainer builds it without passing one
+        # (trainer_base.py:153-183), and a custom_sampler loses the batch-size arguments, so verl's
+        # config cannot set it: relate.replay_poll_interval_s does (null: verl's default).
+        buffer = super()._build_replay_buffer()
+        interval = split_relate_section(self.config.get("relate"))[0].replay_poll_interval_s
+        if interval is not None:
+            buffer.poll_interval = float(interval)
+        return buffer
 
     def relate_credit(self, batch) -> tuple[Any, dict[str, Any]]:
         """Batch credit (``reward_fns.BatchCredit``) of the responses in ``batch`` and what it read."""

@@ -44,13 +44,16 @@ class SentenceScorer:
 
     def __init__(self, recipe: RecipeConfig, reward: RewardConfig, tokenizer: Any):
         self.recipe, self.reward, self.tokenizer = recipe, reward, tokenizer
-        self.context = RewardContext.build(reward, tokenizer=tokenizer)
+        # recipe.scorer_device (default cpu): verl's reward-loop workers reserve no GPU, and torch's own
+        # default there would be cuda:0, a trainer rank's GPU (recipe/relate/preflight.py).
+        self.device = recipe.scorer_device
+        self.context = RewardContext.build(reward, tokenizer=tokenizer, encoder_device=self.device)
         self.ctcvr = None
         self._batcher = None
         if "ctcvr" in reward.weights:
             from ctcvr_model.scorer import CTCVRScorer
 
-            self.ctcvr = CTCVRScorer.shared(recipe.ctcvr_model_dir)
+            self.ctcvr = CTCVRScorer.shared(recipe.ctcvr_model_dir, device=self.device)
         self.reference_ctcvr: dict[str, float] = {}  # record id -> pCTCVR of its reference ad
         self.uses_judge = self.context.judge is not None and (reward.correctness.use_judge or reward.risk.use_judge)
 

@@ -1,0 +1,594 @@
+"""Preflight: what would make a composed RELATE config fail (or silently train the wrong thing) on
+the GPU cluster, checked before anything is launched, on any machine (no GPU, no Ray).
+
+``main_relate.prepare_config`` calls :func:`run_preflight` for every run (``relate.dry_run=true``
+included, and the CPU backend ``backend=cpu``). Every check returns :class:`Problem` s naming the
+config key (or requirements line) and its value; all of them are collected and raised together as
+one :class:`PreflightError`. Where verl has the code that would fail, the check runs that code
+(cited file:line are verl 0.9.1, ``site-packages/verl``):
+
+1. batch arithmetic: verl's ``_get_required_batch_multiple``, ``tu.make_iterator`` and
+   ``prepare_micro_batches`` on a batch of the per-rank size the configured world size gives;
+2. registration: no Ray ``worker_process_setup_hook``; the reward manager through
+   ``source: importlib`` and verl's ``resolve_reward_manager_cls``;
+3. Qwen3 thinking: a chat template that takes ``enable_thinking`` needs
+   ``data.apply_chat_template_kwargs.enable_thinking: false``;
+4. trainer semantics: the class in verl's ``TRAINER_REGISTRY`` is a ``PPOTrainerSync`` whose
+   ``trainer_mode`` resolves to ``"sync"``;
+5. GPU requirements: ``requirements-gpu.txt`` fully pinned and in agreement with verl's extras
+   metadata (and, right before a real vLLM launch, with what is installed);
+6. the reward workers' scorer device (``relate.scorer_device``) against the GPUs they reserve;
+7. multi-node: absolute data / model / checkpoint paths; judge endpoint variables forwarded to
+   the Ray workers.
+
+``python -m recipe.relate.preflight requirements [FILE]`` runs check 5 alone;
+``python -m recipe.relate.preflight gpu-report REPORT.json [FILE]`` reads the report of
+``pip install --dry-run --report`` (``make check-gpu-deps``) and checks it resolved every pin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import inspect
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_REQUIREMENTS = REPO / "requirements-gpu.txt"
+SYNC_MODE = "sync"  # the literal verl's v1 trainer compares trainer_mode with (trainer_base.py:153,731,912,1004,1499)
+THINKING_KEY = "data.apply_chat_template_kwargs.enable_thinking"
+# verl starts reward-loop workers as `ray.remote(RewardLoopWorker)` with only a name and a node
+# affinity in .options() (experimental/reward_loop/reward_loop.py:308,324-340): they reserve no GPU.
+REWARD_WORKER_GPUS = 0
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str  # config key (dotted) or "requirements-gpu.txt:LINE"
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value!r}: {self.message}"
+
+
+class PreflightError(ValueError):
+    """Every problem found, one per line, each naming its key and value."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"RELATE preflight found {len(self.problems)} problem(s):\n{lines}")
+
+
+def _get(config: Any, dotted: str, default: Any = None) -> Any:
+    node = config
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        try:
+            node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
+        except Exception:  # an unresolvable interpolation reads as missing here
+            return default
+    return default if node is None else node
+
+
+def world_size(config: Any) -> int:
+    return int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+
+
+# ---- 1. batch arithmetic ---------------------------------------------------------------------------
+
+
+def _synthetic_batch(rows: int, seq_len: int):
+    """A TensorDict of ``rows`` full-length sequences: the shape verl's micro-batching looks at."""
+    import torch
+    from tensordict import TensorDict
+
+    return TensorDict({"input_ids": torch.zeros(rows, seq_len, dtype=torch.long),
+                       "attention_mask": torch.ones(rows, seq_len, dtype=torch.long)}, batch_size=[rows])
+
+
+def _split_micro(rows_or_td: Any, *, dynamic: bool, micro: Any, max_token_len: Any, sp_size: int, seq_len: int):
+    """verl's own ``prepare_micro_batches`` (workers/engine/utils.py:92-131) on one rank's rows, with the
+    non-tensor keys the engine worker injects (engine_workers.py:352-362 train, :406-415 infer) and
+    the engine adds (fsdp/transformer_impl.py:726). Returns the number of micro-batches."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine.utils import prepare_micro_batches
+
+    td = _synthetic_batch(rows_or_td, seq_len) if isinstance(rows_or_td, int) else rows_or_td
+    tu.assign_non_tensor(td, use_dynamic_bsz=bool(dynamic), micro_batch_size_per_gpu=micro,
+                         max_token_len_per_gpu=max_token_len, sp_size=sp_size)
+    micro_batches, _ = prepare_micro_batches(data=td)
+    return len(micro_batches)
+
+
+def check_batch_sizes(config: Any) -> list[Problem]:
+    """Per-rank batch arithmetic of one step on ``trainer.nnodes x trainer.n_gpus_per_node`` ranks."""
+    problems: list[Problem] = []
+    arr = config.actor_rollout_ref
+    actor, rollout, ref = arr.actor, arr.rollout, arr.ref
+    if actor.strategy not in ("fsdp", "fsdp2"):
+        return problems  # the data-parallel size below is the FSDP engine's
+    n_ranks = world_size(config)
+    sp = int(actor.get("ulysses_sequence_parallel_size", 1) or 1)
+    if n_ranks % sp:
+        return [Problem("actor_rollout_ref.actor.ulysses_sequence_parallel_size", sp,
+                        f"does not divide the {n_ranks} ranks (trainer.nnodes x trainer.n_gpus_per_node)")]
+    # FSDPEngine.get_data_parallel_size: world_size // ulysses_sequence_parallel_size (fsdp/transformer_impl.py:651-652)
+    dp = n_ranks // sp
+    n = int(rollout.n)
+    seq_len = int(config.data.max_prompt_length) + int(config.data.max_response_length)
+
+    # Rows of one step: train_batch_size / parameter_sync_step prompts x n (trainer_base.py:130,533-539).
+    mode = resolved_trainer_mode(config)[0] or config.trainer.v1.trainer_mode
+    sync_step = int(config.trainer.v1.get(mode, {}).get("parameter_sync_step", 1))
+    prompts = int(config.data.train_batch_size)
+    if prompts % sync_step:
+        problems.append(Problem("data.train_batch_size", prompts,
+                                f"not divisible by trainer.v1.{mode}.parameter_sync_step={sync_step} (trainer_base.py:535)"))
+        return problems
+    rows = prompts // sync_step * n
+    # _balance_batch pads the batch to verl's required multiple with no-op samples
+    # (trainer_base.py:1589-1606,1620-1622; padding_utils.py:165-186), then dispatch splits it evenly.
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    warmup = int(config.trainer.get("critic_warmup", 0) or 0)
+    trainer_view = SimpleNamespace(use_critic=need_critic(config), config=config, global_steps=max(1, warmup))
+    multiple = PPOTrainer._get_required_batch_multiple(trainer_view, dp)
+    padded = math.ceil(rows / multiple) * multiple
+    per_rank = padded // dp
+    if padded != rows:
+        problems.append(Problem("actor_rollout_ref.actor.ppo_mini_batch_size", int(actor.ppo_mini_batch_size),
+                                f"{rows} responses per step are not a multiple of {multiple} (the lcm of {dp} data-parallel "
+                                f"ranks and a mini-batch of {actor.ppo_mini_batch_size} x {n}): verl pads every step with "
+                                f"{padded - rows} no-op samples (trainer_base.py:1589-1606,1620-1622)"))
+    where = (f"{prompts} prompts x rollout.n={n} = {rows} responses per step"
+             + (f" (padded to {padded})" if padded != rows else "")
+             + f" = {per_rank} rows per rank on {dp} data-parallel ranks ({config.trainer.nnodes} node(s) x "
+               f"{config.trainer.n_gpus_per_node})")
+
+    actor_dynamic = bool(actor.use_dynamic_bsz)
+    if actor_dynamic != bool(rollout.get("log_prob_use_dynamic_bsz", False)):
+        problems.append(Problem("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", rollout.get("log_prob_use_dynamic_bsz"),
+                                f"must equal actor_rollout_ref.actor.use_dynamic_bsz={actor_dynamic} "
+                                "(engine_workers.py:616)"))
+
+    def log_prob(section: str, dynamic: bool, micro_key: str, token_key: str, cfg: Any) -> None:
+        micro, tokens = cfg.get(micro_key), cfg.get(token_key)
+        key = f"actor_rollout_ref.{section}.{token_key if dynamic else micro_key}"
+        value = tokens if dynamic else micro
+        if value is None:
+            problems.append(Problem(key, None, "must be set (engine_workers.py:632-637)"))
+            return
+        try:
+            _split_micro(per_rank, dynamic=dynamic, micro=micro, max_token_len=tokens, sp_size=sp, seq_len=seq_len)
+        except AssertionError as e:
+            what = (f"a budget below one full sequence of {seq_len} tokens (data.max_prompt_length + "
+                    "data.max_response_length; seqlen_balancing.py:384-386)") if dynamic else \
+                   f"{per_rank} is not a multiple of {micro} (workers/engine/utils.py:124-127)"
+            problems.append(Problem(key, value, f"log-prob pass of {where}: {what} [{e}]"))
+
+    log_prob("rollout", actor_dynamic, "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu", rollout)
+    if need_reference_policy(config):
+        # The ref worker reads ref.log_prob_* (engine_workers.py:546-552,580-584).
+        log_prob("ref", bool(ref.get("log_prob_use_dynamic_bsz", False)), "log_prob_micro_batch_size_per_gpu",
+                 "log_prob_max_token_len_per_gpu", ref)
+
+    # Actor update: mini-batch of ppo_mini_batch_size x n responses (trainer_base.py:1829-1852), split
+    # over the data-parallel ranks (engine_workers.py:263-270), iterated (:273-279) and micro-batched.
+    mini = int(actor.ppo_mini_batch_size) * n
+    if mini % dp:
+        problems.append(Problem("actor_rollout_ref.actor.ppo_mini_batch_size", int(actor.ppo_mini_batch_size),
+                                f"a mini-batch of {actor.ppo_mini_batch_size} x {n} = {mini} responses does not split "
+                                f"over {dp} data-parallel ranks (engine_workers.py:267-269); use a multiple of "
+                                f"{dp // math.gcd(dp, n)} prompts"))
+        return problems
+    per_gpu = mini // dp
+    from verl.utils import tensordict_utils as tu
+
+    try:
+        iterator = tu.make_iterator(_synthetic_batch(per_rank, seq_len), mini_batch_size=per_gpu,
+                                    epochs=int(actor.ppo_epochs), seed=int(actor.get("data_loader_seed") or 42),
+                                    dataloader_kwargs={"shuffle": bool(actor.shuffle)})
+        first = next(iter(iterator))
+    except AssertionError as e:
+        problems.append(Problem("actor_rollout_ref.actor.ppo_mini_batch_size", int(actor.ppo_mini_batch_size),
+                                f"{where}: not a whole number of mini-batches of {per_gpu} rows per rank "
+                                f"(utils/tensordict_utils.py:588) [{e}]"))
+        return problems
+    micro, tokens = actor.get("ppo_micro_batch_size_per_gpu"), actor.get("ppo_max_token_len_per_gpu")
+    key = "actor_rollout_ref.actor." + ("ppo_max_token_len_per_gpu" if actor_dynamic else "ppo_micro_batch_size_per_gpu")
+    value = tokens if actor_dynamic else micro
+    if value is None:
+        problems.append(Problem(key, None, "must be set (engine_workers.py:632-637)"))
+        return problems
+    try:
+        _split_micro(first, dynamic=actor_dynamic, micro=micro, max_token_len=tokens, sp_size=sp, seq_len=seq_len)
+    except AssertionError as e:
+        what = f"a budget below one full sequence of {seq_len} tokens" if actor_dynamic else \
+            f"{per_gpu} is not a multiple of {micro} (workers/engine/utils.py:124-127)"
+        problems.append(Problem(key, value, f"actor update: a mini-batch of {mini} responses is {per_gpu} rows per "
+                                            f"rank on {dp} data-parallel ranks; {what} [{e}]"))
+    return problems
+
+
+# ---- 2. registration -------------------------------------------------------------------------------
+
+
+def check_registration(config: Any) -> list[Problem]:
+    problems: list[Problem] = []
+    hook = _get(config, "ray_kwargs.ray_init.runtime_env.worker_process_setup_hook")
+    if hook is not None:
+        problems.append(Problem(
+            "ray_kwargs.ray_init.runtime_env.worker_process_setup_hook", hook,
+            "must be absent: Ray runs it in every worker, GPU ranks included, before CUDA_VISIBLE_DEVICES is set, "
+            "and RELATE needs none (recipe/relate/registration.py)"))
+    rm = config.reward.reward_manager
+    if rm.source != "importlib":
+        problems.append(Problem(
+            "reward.reward_manager.source", rm.source,
+            f"must be 'importlib' with module.path pkg://recipe.relate.reward_manager: with source={rm.source!r} "
+            f"the reward-loop workers look {rm.name!r} up in a registry that nothing of ours fills in their "
+            "processes (verl/trainer/ppo/reward.py:89-106)"))
+        return problems
+    from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+    from verl.trainer.ppo.reward import resolve_reward_manager_cls
+
+    try:
+        cls = resolve_reward_manager_cls(config)  # verl's own loader, as each reward-loop worker runs it
+    except Exception as e:
+        problems.append(Problem("reward.reward_manager.module.path", _get(config, "reward.reward_manager.module.path"),
+                                f"verl cannot load {rm.name!r} from it: {type(e).__name__}: {e}"))
+        return problems
+    if not (isinstance(cls, type) and issubclass(cls, RewardManagerBase)):
+        problems.append(Problem("reward.reward_manager.name", rm.name, f"resolves to {cls!r}, not a RewardManagerBase subclass"))
+    return problems
+
+
+# ---- 3. chat template / thinking ---------------------------------------------------------------------
+
+
+def _template_from_folder(folder: Path) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, list):  # named templates: the "default" one is what apply_chat_template uses
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        return template
+    return None
+
+
+def policy_chat_template(config: Any) -> tuple[str | None, str]:
+    """(chat template, where it came from) of the policy, from local files only (None if not found)."""
+    model = config.actor_rollout_ref.model
+    custom = model.get("custom_chat_template")
+    if custom:  # replaces the tokenizer's template (workers/config/model.py:173-177)
+        return str(custom), "actor_rollout_ref.model.custom_chat_template"
+    path = str(model.get("tokenizer_path") or model.path)  # workers/config/model.py:153-154
+    if Path(path).is_dir():
+        return _template_from_folder(Path(path)), path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", path):  # a hub name: only what is already in the local cache
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in ("chat_template.jinja", "tokenizer_config.json"):
+                hit = try_to_load_from_cache(path, name)
+                if isinstance(hit, str):
+                    return _template_from_folder(Path(hit).parent), f"{path} (local cache)"
+        except Exception:
+            pass
+    return None, path
+
+
+def template_takes(template: str, variable: str) -> bool:
+    """Whether a Jinja chat template reads ``variable`` (a kwarg of apply_chat_template)."""
+    try:
+        import jinja2
+        from jinja2 import meta
+
+        return variable in meta.find_undeclared_variables(jinja2.Environment().parse(template))
+    except Exception:  # a tag plain Jinja does not know: fall back to the name
+        return re.search(rf"\b{re.escape(variable)}\b", template) is not None
+
+
+def check_thinking(config: Any) -> list[Problem]:
+    template, where = policy_chat_template(config)
+    path = str(config.actor_rollout_ref.model.path)
+    if template is not None:
+        needs = template_takes(template, "enable_thinking")
+        why = f"the policy's chat template ({where}) takes enable_thinking"
+    else:
+        needs = re.search(r"qwen-?3", path, re.IGNORECASE) is not None
+        why = f"the policy {path!r} is a Qwen3 model (its template could not be read locally)"
+    kwargs = _get(config, "data.apply_chat_template_kwargs") or {}
+    value = kwargs.get("enable_thinking") if hasattr(kwargs, "get") else None
+    if needs and value is not False:
+        return [Problem(THINKING_KEY, value,
+                        f"{why}; unless it is false the generation prompt ends at '<|im_start|>assistant\\n' and "
+                        "Qwen3 opens a <think> block that eats max_response_length before the ad. verl passes "
+                        "data.apply_chat_template_kwargs to apply_chat_template in the rollout "
+                        "(experimental/agent_loop/agent_loop.py:242,251) and the dataset (utils/dataset/rl_dataset.py:120)")]
+    return []
+
+
+# ---- 4. trainer semantics ----------------------------------------------------------------------------
+
+
+def resolved_trainer_mode(config: Any) -> tuple[str | None, str | None]:
+    """(the trainer_mode an instance of the registered class reports, problem text or None)."""
+    from verl.trainer.ppo.v1.trainer_base import get_trainer_cls
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    name = config.trainer.v1.trainer_mode
+    try:
+        cls = get_trainer_cls(name)
+    except ValueError as e:
+        return None, str(e)
+    if not issubclass(cls, PPOTrainerSync):
+        return None, f"registered class {cls.__module__}.{cls.__qualname__} is not a PPOTrainerSync subclass"
+    attr = inspect.getattr_static(cls, "trainer_mode", None)
+    if attr is None or not hasattr(attr, "__get__"):
+        # PPOTrainer.__init__ assigns config.trainer.v1.trainer_mode itself (trainer_base.py:129).
+        return name, None
+    if isinstance(attr, property) and attr.fset is None:
+        return None, (f"{cls.__qualname__}.trainer_mode is a property without a setter: PPOTrainer.__init__ "
+                      "assigns it (trainer_base.py:129)")
+    try:
+        return attr.__get__(object.__new__(cls), cls), None  # the property, without running __init__
+    except Exception as e:
+        return None, f"{cls.__qualname__}.trainer_mode cannot be evaluated before __init__: {type(e).__name__}: {e}"
+
+
+def check_trainer_mode(config: Any) -> list[Problem]:
+    name = config.trainer.v1.trainer_mode
+    mode, error = resolved_trainer_mode(config)
+    if error:
+        return [Problem("trainer.v1.trainer_mode", name, error)]
+    if mode != SYNC_MODE:
+        return [Problem("trainer.v1.trainer_mode", name,
+                        f"the trainer's trainer_mode resolves to {mode!r}, not {SYNC_MODE!r}: verl's v1 trainer then uses "
+                        "the async replay buffer, generation batch, checkpoint contents and resume (trainer_base.py:"
+                        "153,731,912,1004,1499); RELATE is on-policy (define a trainer_mode property returning 'sync')")]
+    return []
+
+
+# ---- 5. GPU requirements -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pin:
+    line_no: int
+    line: str
+    name: str  # canonical
+    version: str | None  # None: not pinned with ==
+
+
+def read_requirements(path: Path) -> tuple[list[Pin], list[Problem]]:
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    pins, problems = [], []
+    for i, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        key = f"{Path(path).name}:{i}"
+        try:
+            req = Requirement(line)
+        except InvalidRequirement as e:
+            problems.append(Problem(key, line, f"not a pinned requirement ({e})"))
+            continue
+        specs = list(req.specifier)
+        if req.url or len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version:
+            problems.append(Problem(key, line, "every line must pin one exact version with == (NAME==X.Y.Z)"))
+            pins.append(Pin(i, line, canonicalize_name(req.name), None))
+            continue
+        pins.append(Pin(i, line, canonicalize_name(req.name), specs[0].version))
+    return pins, problems
+
+
+def verl_metadata() -> tuple[str, dict[str, dict[str, set[str]]], dict[str, Any]]:
+    """(verl's version, {package: {pinned version: extras pinning it}}, {package: base SpecifierSet})."""
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, dict[str, set[str]]] = {}
+    base: dict[str, SpecifierSet] = {}
+    for text in importlib.metadata.requires("verl") or []:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", str(req.marker or ""))
+        if extra is None:
+            base[name] = base.get(name, SpecifierSet()) & req.specifier
+        specs = list(req.specifier)
+        if len(specs) == 1 and specs[0].operator == "==":
+            pins.setdefault(name, {}).setdefault(specs[0].version, set()).add(extra.group(1) if extra else "(base)")
+    return importlib.metadata.version("verl"), pins, base
+
+
+def check_gpu_requirements(path: Path | str = GPU_REQUIREMENTS) -> list[Problem]:
+    """Static: every line pinned with ==, pins agreeing with verl's own metadata."""
+    path = Path(path)
+    if not path.is_file():
+        return [Problem("requirements-gpu.txt", str(path), "file not found")]
+    pins, problems = read_requirements(path)
+    verl_version, verl_pins, verl_base = verl_metadata()
+    for pin in pins:
+        if pin.version is None:
+            continue
+        key = f"{path.name}:{pin.line_no}"
+        if pin.name == "verl" and pin.version != verl_version:
+            problems.append(Problem(key, pin.line, f"the verl whose metadata this is checked against is {verl_version}"))
+        pinned = verl_pins.get(pin.name, {})
+        if pinned and pin.version not in pinned:
+            said = "; ".join(f"=={v} in extra(s) {', '.join(sorted(e))}" for v, e in sorted(pinned.items()))
+            problems.append(Problem(key, pin.line, f"verl {verl_version} pins {pin.name} {said}"))
+        spec = verl_base.get(pin.name)
+        if spec is not None and str(spec) and not spec.contains(pin.version, prereleases=True):
+            problems.append(Problem(key, pin.line, f"verl {verl_version} requires {pin.name}{spec}"))
+    return problems
+
+
+def check_installed_versions(path: Path | str = GPU_REQUIREMENTS) -> list[Problem]:
+    """Installed versions of verl and of every package verl pins, against requirements-gpu.txt."""
+    pins, _ = read_requirements(Path(path))
+    _, verl_pins, _ = verl_metadata()
+    problems = []
+    for pin in pins:
+        if pin.version is None or not (pin.name == "verl" or pin.name in verl_pins):
+            continue
+        try:
+            installed = importlib.metadata.version(pin.name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != pin.version:
+            problems.append(Problem(f"{Path(path).name}:{pin.line_no}", pin.line,
+                                    f"installed: {installed or 'not installed'} (pip install -r {Path(path).name})"))
+    return problems
+
+
+def check_report(report: Mapping[str, Any], path: Path | str = GPU_REQUIREMENTS) -> tuple[list[Problem], dict[str, str]]:
+    """A ``pip install --dry-run --report`` of ``path``: every pin resolved to its version."""
+    from packaging.utils import canonicalize_name
+
+    resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in report.get("install", [])}
+    pins, problems = read_requirements(Path(path))
+    for pin in pins:
+        if pin.version is not None and resolved.get(pin.name) != pin.version:
+            problems.append(Problem(f"{Path(path).name}:{pin.line_no}", pin.line, f"resolved to {resolved.get(pin.name)}"))
+    return problems, resolved
+
+
+# ---- 6. scorer device --------------------------------------------------------------------------------
+
+
+def check_scorer_device(config: Any) -> list[Problem]:
+    from recipe.relate.relate_config import split_relate_section
+
+    device = split_relate_section(config.relate)[0].scorer_device
+    if str(device).startswith("cuda") and REWARD_WORKER_GPUS == 0:
+        return [Problem("relate.scorer_device", device,
+                        "the reward-loop workers that build the scorer reserve no GPU (verl/experimental/reward_loop/"
+                        "reward_loop.py:308,324-340): Ray gives them no GPU of their own, so cuda is either not visible "
+                        "there or, where CUDA_VISIBLE_DEVICES is left unrestricted, cuda:0 of a trainer rank; use cpu")]
+    return []
+
+
+# ---- 7. multi-node paths and judge endpoint ------------------------------------------------------------
+
+
+def _is_absolute(path: str) -> bool:
+    return os.path.isabs(path) or "://" in path  # hdfs://... is fetched by verl's copy_to_local
+
+
+def path_settings(config: Any) -> dict[str, list[str]]:
+    """The path-valued keys other nodes open: {key: [paths]}."""
+    out: dict[str, list[str]] = {}
+    for key in ("data.train_files", "data.val_files", "relate.ctcvr_model_dir", "trainer.default_local_dir"):
+        value = _get(config, key)
+        if value is None:
+            continue
+        out[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" \
+            else [str(value)]
+    return out
+
+
+def check_paths(config: Any) -> list[Problem]:
+    """With several nodes a relative path resolves in each node's own working directory."""
+    if int(config.trainer.nnodes) <= 1:
+        return []
+    return [Problem(key, value if len(value) > 1 else value[0],
+                    f"relative with trainer.nnodes={config.trainer.nnodes}: each node's Ray workers resolve it in their "
+                    "own working directory; give an absolute path on storage all nodes share")
+            for key, value in path_settings(config).items() if not all(_is_absolute(v) for v in value)]
+
+
+def judge_env_names(config: Any) -> list[tuple[str, bool]]:
+    """(environment variable, is secret) the LLM judge reads (reward_fns/judge.py JudgeClient.from_config)."""
+    from recipe.relate.relate_config import split_relate_section
+
+    judge = split_relate_section(config.relate)[1].judge
+    return [(judge.base_url_env, False), (judge.model_env, False), (judge.api_key_env, True)]
+
+
+def check_judge_env(config: Any, environ: Mapping[str, str] | None = None) -> list[Problem]:
+    environ = os.environ if environ is None else environ
+    env_vars = _get(config, "ray_kwargs.ray_init.runtime_env.env_vars") or {}
+    return [Problem(f"ray_kwargs.ray_init.runtime_env.env_vars.{name}", None,
+                    f"{name} is set here but not forwarded: reward-loop workers on other nodes would not see it "
+                    "(verl merges ray_kwargs.ray_init.runtime_env over its own defaults, trainer/main_ppo.py:62-74)")
+            for name, _ in judge_env_names(config) if environ.get(name) and name not in env_vars]
+
+
+# ---- all together ----------------------------------------------------------------------------------------
+
+
+CHECKS: tuple[Callable[[Any], list[Problem]], ...] = (
+    check_batch_sizes, check_registration, check_thinking, check_trainer_mode, check_scorer_device, check_paths,
+    check_judge_env,
+)
+
+
+def run_preflight(config: Any, *, launching: bool = False, requirements: Path | str = GPU_REQUIREMENTS,
+                  environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`PreflightError` listing every problem; ``launching``: a real launch is next."""
+    import recipe.relate.relate_trainer  # noqa: F401  registers trainer "relate" in verl's TRAINER_REGISTRY
+
+    problems: list[Problem] = []
+    for check in CHECKS:
+        try:
+            problems += check_judge_env(config, environ) if check is check_judge_env else check(config)
+        except PreflightError:
+            raise
+        except Exception as e:  # a check that cannot run is a problem too, and must not hide the others
+            problems.append(Problem(check.__name__, None, f"could not run: {type(e).__name__}: {e}"))
+    problems += check_gpu_requirements(requirements)
+    if launching and config.actor_rollout_ref.rollout.name == "vllm":
+        problems += check_installed_versions(requirements)
+    if problems:
+        raise PreflightError(problems)
+
+
+def _main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipe.relate.preflight", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    req = sub.add_parser("requirements", help="check requirements-gpu.txt against verl's metadata")
+    req.add_argument("file", nargs="?", default=str(GPU_REQUIREMENTS))
+    rep = sub.add_parser("gpu-report", help="check a `pip install --dry-run --report` of requirements-gpu.txt")
+    rep.add_argument("report")
+    rep.add_argument("file", nargs="?", default=str(GPU_REQUIREMENTS))
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command == "requirements":
+        problems = check_gpu_requirements(args.file)
+        resolved = None
+    else:
+        problems, resolved = check_report(json.loads(Path(args.report).read_text()), args.file)
+        problems += check_gpu_requirements(args.file)
+    if problems:
+        print(PreflightError(problems), file=sys.stderr)
+        return 1
+    if resolved is None:
+        print(f"{args.file}: every line pinned with ==, in agreement with verl {importlib.metadata.version('verl')}'s metadata")
+    else:
+        key = ", ".join(f"{n}=={resolved[n]}" for n in ("torch", "vllm", "flash-attn", "transformers", "verl") if n in resolved)
+        print(f"{args.file}: resolves as one set of {len(resolved)} distributions; every pin resolved as pinned ({key})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
