@@ -139,11 +139,10 @@ def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Text
     costs seconds, a dict lookup nothing. ``device`` None means CUDA when available, else CPU (what
     sentence-transformers picks), and shares the cache entry of that device named explicitly.
     """
-    if device is None:
-        import torch
+    from ctcvr_model.model import default_device  # one rule for "no device given"
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    key = (spec, str(device))
+    device = str(default_device(device))
+    key = (spec, device)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:

@@ -44,7 +44,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_REQUIREMENTS = REPO / "requirements-gpu.txt"
-SYNC_MODE = "sync"  # the literal verl's v1 trainer compares trainer_mode with (trainer_base.py:153,731,912,1004,1499)
 THINKING_KEY = "data.apply_chat_template_kwargs.enable_thinking"
 # verl starts reward-loop workers as `ray.remote(RewardLoopWorker)` with only a name and a node
 # affinity in .options() (experimental/reward_loop/reward_loop.py:308,324-340): they reserve no GPU.
@@ -354,6 +353,10 @@ def resolved_trainer_mode(config: Any) -> tuple[str | None, str | None]:
 
 
 def check_trainer_mode(config: Any) -> list[Problem]:
+    # Importing it registers trainer "relate", so the check stands alone; SYNC_MODE is the literal
+    # verl's v1 trainer branches on.
+    from recipe.relate.relate_trainer import SYNC_MODE
+
     name = config.trainer.v1.trainer_mode
     mode, error = resolved_trainer_mode(config)
     if error:
