@@ -13,13 +13,21 @@ is set (``verl/__init__.py:49-52``); :data:`verl_cpu.env.CPU_ENV` holds the vari
 needs. The config settings it needs are explained in ``verl_cpu/README.md``.
 """
 
+import os as _os
+
 # The platform first: importing verl's engine modules already asks for the platform
 # (``verl/workers/engine/fsdp/transformer_impl.py:89``).
 from verl_cpu import platform as _platform  # noqa: I001  (registers the platform)
 from verl_cpu import engine as _engine  # noqa: F401  (registers the engine)
 from verl_cpu import rollout as _rollout
+from verl_cpu import threads as _threads
+from verl_cpu.env import CPU_ENV as _CPU_ENV
 
 _rollout.register()
+if _os.environ.get("VERL_PLATFORM") == _CPU_ENV["VERL_PLATFORM"]:
+    # Every process verl starts on the cpu platform computes with the host's cores, not Ray's one
+    # thread (verl_cpu.threads); the engine and the rollout server then split them where needed.
+    _threads.use_host_threads()
 
 __all__ = ["PLATFORM_NAME", "ROLLOUT_NAME"]
 PLATFORM_NAME = _platform.PLATFORM_NAME

@@ -11,8 +11,12 @@ FSDP2 is registered: FSDP1's ``sync_module_states`` broadcast needs an accelerat
 
 from __future__ import annotations
 
+import os
+
 from verl.workers.engine import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+from verl_cpu import threads
 
 CPU_ENGINE_BACKENDS = ["fsdp2"]
 
@@ -20,6 +24,12 @@ CPU_ENGINE_BACKENDS = ["fsdp2"]
 @EngineRegistry.register(model_type="language_model", backend=CPU_ENGINE_BACKENDS, device="cpu")
 class CPUFSDPEngineWithLMHead(FSDPEngineWithLMHead):
     """``FSDPEngineWithLMHead`` with parameters kept where they are computed (the host)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The trainer ranks of a node compute at the same time; verl tells each how many there
+        # are in RAY_LOCAL_WORLD_SIZE (verl/single_controller/ray/base.py:637).
+        threads.use_host_threads(sharing=int(os.environ.get("RAY_LOCAL_WORLD_SIZE", "1")))
 
     def _build_fsdp_module(self, module):
         if self.engine_config.offload_policy:

@@ -39,7 +39,7 @@ from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
-from verl_cpu import sampling
+from verl_cpu import sampling, threads
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,12 @@ ROLLOUT_NAME = "hf"
 DEFAULT_ENGINE_KWARGS = {
     "max_batch_size": 64,  # sequences per model.generate call
     "batch_wait_ms": 20.0,  # quiet window that collects the agent loop's concurrent requests
-    "torch_threads": 0,  # intra-op threads of the server process; 0: torch's default
+    # prefill each distinct prompt of a batch once (GRPO sends every prompt n times) and decode
+    # into a preallocated cache (sampling.shared_prefill)
+    "share_prompt_prefix": True,
+    # intra-op threads of the server process; 0: the host's cores split over the node's replicas
+    # (verl_cpu.threads: Ray would leave the server on one thread)
+    "torch_threads": 0,
     # Weight-sync probe: after every weight sync, append {"global_steps", "log_probs"} of this fixed
     # token sequence under the rollout's model to this JSON-lines file (checks that the rollout is
     # the policy; None: off).
@@ -79,7 +84,8 @@ def _torch_dtype(name: str) -> torch.dtype:
 class HFGenerationServer:
     """One rollout server: a Hugging Face causal LM on the host, token-in token-out."""
 
-    def __init__(self, config: RolloutConfig, model_config: HFModelConfig, replica_rank: int):
+    def __init__(self, config: RolloutConfig, model_config: HFModelConfig, replica_rank: int,
+                 replicas_per_node: int = 1):
         from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
         self.config: RolloutConfig = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig)
@@ -88,6 +94,8 @@ class HFGenerationServer:
         self.kwargs = engine_kwargs(self.config)
         if self.kwargs["torch_threads"]:
             torch.set_num_threads(int(self.kwargs["torch_threads"]))
+        else:  # the replicas of a node sample at the same time; the trainer ranks wait meanwhile
+            threads.use_host_threads(sharing=replicas_per_node)
         torch.manual_seed(int(self.config.seed) + replica_rank)
         path = self.model_config.local_path
         dtype = _torch_dtype(self.config.dtype)
@@ -149,7 +157,7 @@ class HFGenerationServer:
             start = time.perf_counter()
             try:
                 results = await asyncio.to_thread(sampling.generate, self.model, [r for r, _ in batch],
-                                                  self.eos_ids, self.pad_id)
+                                                  self.eos_ids, self.pad_id, bool(self.kwargs["share_prompt_prefix"]))
             except Exception as exc:  # every waiting request learns why
                 for _, fut in batch:
                     if not fut.done():
@@ -271,6 +279,9 @@ class HFReplica(RolloutReplica):
             raise ValueError("the CPU rollout runs one rank per replica: set actor_rollout_ref.rollout."
                              "tensor_model_parallel_size, data_parallel_size and pipeline_model_parallel_size to 1")
         self.server_class = ray.remote(HFGenerationServer)
+        # verl builds one replica per rollout world on the trainer ranks and passes
+        # gpus_per_node=rollout.n_gpus_per_node (verl/workers/rollout/llm_server.py:455-467).
+        self.replicas_per_node = max(1, self.gpus_per_node // self.world_size)
 
     async def init_colocated(self, resource_pool):
         raise NotImplementedError("the CPU rollout supports verl's hybrid mode only (actor_rollout_ref.hybrid_engine=true)")
@@ -285,7 +296,8 @@ class HFReplica(RolloutReplica):
         server = self.server_class.options(
             scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             name=server_name(self.replica_rank), num_cpus=0, max_concurrency=self.max_concurrency,
-        ).remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+        ).remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank,
+                 replicas_per_node=self.replicas_per_node)
         self.servers = [server]
         self._server_handle = server
         # No HTTP endpoint: the address is only the load balancer's key (OpenAI-style tool agents

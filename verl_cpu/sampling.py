@@ -80,30 +80,74 @@ def max_new_tokens(sampling_params: dict[str, Any], prompt_len: int, prompt_leng
     return max(1, min(budget, room))
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids, mask
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, max_len), left-padded."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if len(s):
+            ids[row, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[row, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def distinct_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
+                     device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each distinct prompt once, left-padded: (ids, mask, positions), each (u, P), and the
+    gather index (b,) giving the row of each of the ``b`` prompts. Positions follow the mask
+    (cumsum - 1), as ``generate`` numbers left-padded tokens."""
+    rows: dict[tuple[int, ...], int] = {}
+    index = [rows.setdefault(tuple(int(t) for t in p), len(rows)) for p in prompts]
+    ids, mask = left_pad(list(rows), pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions, torch.as_tensor(index, dtype=torch.long, device=device)
+
+
+def shared_prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int,
+                   device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(input_ids, attention_mask, cache) for ``generate`` with each distinct prompt run once.
+
+    GRPO sends each prompt G times. The distinct prompts but their last token go through the model
+    once; their keys and values are copied, one row per sequence, into a preallocated
+    ``StaticCache`` with room for the response, so ``generate`` only feeds the last prompt token
+    and decodes. (The default growing cache copies the whole cache at every new token: on CPU that
+    copying took about half of a 96-token decode with ~650-token prompts.) Every prompt needs at
+    least 2 tokens. Shapes: ids and mask (b, P), the cache (b, P + max_new_tokens) per layer.
+    """
+    from transformers import StaticCache
+
+    ids, mask, positions, index = distinct_prompts(prompts, pad_id, device)
+    prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   use_cache=True, logits_to_keep=1).past_key_values
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + int(max_new_tokens))
+    for layer_idx, layer in enumerate(prefix.layers):
+        cache.update(layer.keys[index], layer.values[index], layer_idx)
+    return ids[index], mask[index], cache
 
 
 @torch.no_grad()
-def generate(model: Any, requests: Sequence[Request], eos_ids: Sequence[int], pad_id: int) -> list[Result]:
+def generate(model: Any, requests: Sequence[Request], eos_ids: Sequence[int], pad_id: int,
+             share_prompt_prefix: bool = True) -> list[Result]:
     """Sample every request (all with the same ``SamplingParams``) in one ``generate`` call.
 
     Shapes: the batch is left-padded to (B, P); Hugging Face returns (B, P + T) with T the longest
-    budget; each response is cut at its own ``max_tokens`` and at its first EOS.
+    budget; each response is cut at its own ``max_tokens`` and at its first EOS. With
+    ``share_prompt_prefix`` each distinct prompt is prefilled once (:func:`shared_prefill`); the
+    random draws are the same either way, so are the samples up to float rounding of the logits.
     """
     if not requests:
         return []
     params = requests[0].params
     if any(r.params != params for r in requests):
         raise ValueError("one generate call takes requests with identical sampling parameters")
-    ids, mask = _left_pad([r.prompt_ids for r in requests], pad_id)
+    prompts = [r.prompt_ids for r in requests]
     budget = max(r.max_tokens for r in requests)
+    cache = None
+    if share_prompt_prefix and min(map(len, prompts)) > 1:
+        ids, mask, cache = shared_prefill(model, prompts, pad_id, budget)
+    else:
+        ids, mask = left_pad(prompts, pad_id)
     gen_kwargs: dict[str, Any] = dict(
         max_new_tokens=budget, min_new_tokens=budget if params.ignore_eos else 0,
         do_sample=not params.greedy, num_beams=1, pad_token_id=pad_id,
@@ -116,7 +160,7 @@ def generate(model: Any, requests: Sequence[Request], eos_ids: Sequence[int], pa
     else:
         gen_kwargs.update(temperature=params.temperature, top_k=params.top_k if params.top_k > 0 else 0,
                           top_p=params.top_p if params.top_p < 1.0 else 1.0)
-    out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+    out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **gen_kwargs)
     new = out.sequences[:, ids.shape[1]:]
     logp = None
     if params.logprobs:

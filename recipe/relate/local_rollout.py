@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from verl_cpu.sampling import left_pad, shared_prefill
+
 # Per-batch seeds: seed * _SEED_STRIDE + batch index, so that seeds 0 and 1 share no batch seed.
 _SEED_STRIDE = 1_000_003
 CHATML_END = "<|im_end|>"
@@ -119,30 +121,6 @@ def padding_id(model: Any, tokenizer: Any) -> int:
     return int(stop_token_ids(model, tokenizer)[0])
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, max_len), left-padded."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        if s:
-            ids[row, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[row, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def distinct_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
-                     device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each distinct prompt once, left-padded: (ids, mask, positions), each (u, P), and the
-    gather index (b,) giving the row of each of the ``b`` prompts. Positions follow the mask
-    (cumsum - 1), as verl's layout and ``generate`` number left-padded tokens."""
-    rows: dict[tuple[int, ...], int] = {}
-    index = [rows.setdefault(tuple(int(t) for t in p), len(rows)) for p in prompts]
-    ids, mask = _left_pad(list(rows), pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions, torch.as_tensor(index, dtype=torch.long, device=device)
-
-
 def trim_response(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
     """``ids`` up to and including the first stop token (all of ``ids`` when none occurs)."""
     stop_set = set(stops)
@@ -181,28 +159,6 @@ def _generation_config(model: Any, *, temperature: float, top_p: float, max_new_
     return GenerationConfig(**kwargs)
 
 
-def _shared_prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, device: Any,
-                    max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """(input_ids, attention_mask, cache) for ``generate`` with each distinct prompt run once.
-
-    The distinct prompts but their last token go through the model once; their keys and values
-    are copied, one row per sequence, into a preallocated ``StaticCache`` with room for the
-    response, so ``generate`` only feeds the last prompt token and decodes. (The default growing
-    cache copies the whole cache at every new token: on CPU that copying took about half of a
-    96-token decode with ~650-token prompts.) Positions follow the attention mask (cumsum - 1),
-    as ``generate`` computes them for left padding.
-    """
-    from transformers import StaticCache
-
-    ids, mask, positions, index = distinct_prompts(prompts, pad_id, device)
-    prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                   use_cache=True, logits_to_keep=1).past_key_values
-    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + int(max_new_tokens))
-    for layer_idx, layer in enumerate(prefix.layers):
-        cache.update(layer.keys[index], layer.values[index], layer_idx)
-    return ids[index], mask[index], cache
-
-
 @torch.inference_mode()
 def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], n: int, *,
                        temperature: float, top_p: float, max_new_tokens: int, seed: int,
@@ -213,7 +169,8 @@ def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence
     The prompt-major list of ``len(prompt_ids) * n`` sequences is cut into batches of
     ``batch_size``; each batch is left-padded and decoded by ``model.generate``. With
     ``share_prompt_prefix`` (the default) each distinct prompt of a batch is prefilled once and the
-    decode writes into a preallocated cache (:func:`_shared_prefill`); without it ``generate`` runs
+    decode writes into a preallocated cache (``verl_cpu.sampling.shared_prefill``, also the CPU
+    rollout's); without it ``generate`` runs
     the whole batch with its default cache. The RNG draws are the same either way, so the samples
     are too, up to floating-point rounding of the logits.
     """
@@ -241,9 +198,9 @@ def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence
         prompts = [prompt_ids[p] for p, _ in items]
         cache = None
         if share_prompt_prefix and min(map(len, prompts)) > 1:
-            ids, mask, cache = _shared_prefill(model, prompts, pad_id, device, max_new_tokens)
+            ids, mask, cache = shared_prefill(model, prompts, pad_id, max_new_tokens, device)
         else:
-            ids, mask = _left_pad(prompts, pad_id, device)
+            ids, mask = left_pad(prompts, pad_id, device)
         with _seeded(seed * _SEED_STRIDE + b, device):
             seqs = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=gen_cfg)
         new = seqs[:, ids.shape[1]:].tolist()

@@ -337,7 +337,7 @@ class SharedPacked:
 def pack_shared(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
                 device: Any = "cpu") -> SharedPacked:
     """Like :func:`pack_sequences`, but equal prompts are stored once (GRPO's G responses per prompt)."""
-    from recipe.relate.local_rollout import distinct_prompts
+    from verl_cpu.sampling import distinct_prompts
 
     ids, mask, positions, index = distinct_prompts(prompt_ids, pad_id, "cpu")
     R = max(1, max(len(r) for r in response_ids))
