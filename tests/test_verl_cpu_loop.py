@@ -1,10 +1,14 @@
 """verl's own training loop on CPU (package verl_cpu), end to end on the tiny policy.
 
-Three runs of ``main_relate`` share the real pipeline's inputs (built by the user-facing
-``examples/run_relate_cpu.sh``): preset ``relate`` for 2 steps with a checkpoint (through the script
-itself), a resume of that run to step 3, and preset ``model3`` with the reference model and KL loss on
-two FSDP ranks over gloo. Every assertion reads what the run left on disk: verl's FileLogger
-metrics (one JSON line per step) and verl's checkpoint folder.
+Three runs of ``main_relate`` share the real pipeline's inputs (``python -m examples.cpu_run
+prepare``, what ``examples/run_relate_cpu.sh`` builds): preset ``relate`` for 2 steps with a checkpoint
+(through the script itself), a resume of that run to step 3, and preset ``model3`` with the reference
+model and KL loss on two FSDP ranks over gloo. Every assertion reads what the run left on disk: verl's
+FileLogger metrics (one JSON line per step) and verl's checkpoint folder.
+
+The model3 run needs only the inputs, so it runs in the background beside the other two: a run of
+verl's loop on CPU leaves the cores idle much of its time (Ray start-up, actor creation, hand-offs
+between the phases of a step), and each run is its own Ray cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ TIMEOUT_S = 900
 # A learning rate 100x the backend's: the tiny policy's probabilities then move by > 1e-3 in one
 # step, so a rollout left on stale weights would miss the 1e-4 weight-sync tolerance by far.
 TEST_LR = "actor_rollout_ref.actor.optim.lr=1e-3"
+# The size of every test run, beside the backend's own: prompts up to 320 SmolLM2 tokens (verl's
+# filter_overlong_prompts keeps the 140 English prompts of the 286; the Chinese ones are 500-700
+# tokens, and a CPU step costs about its tokens), and no Ray dashboard. Both only save time.
+TEST_SIZE = [TEST_LR, "data.max_prompt_length=320", "+ray_kwargs.ray_init.include_dashboard=false"]
 SYNC_TOLERANCE = 1e-4  # |log p_rollout - log p_actor| per token of the fixed sequence
 # verl's own per-step check (training/rollout_probs_diff_max, probabilities of the sampled tokens,
 # batched left-padded decoding vs the actor's forward): float32 noise measured 3e-5..1.2e-4.
@@ -37,12 +45,38 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> None:
     assert proc.returncode == 0, f"{what} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
-def run_main(run_dir: Path, metrics: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    """``python -m recipe.relate.main_relate backend=cpu`` on the inputs of ``run_dir``."""
+def main_command(run_dir: Path, metrics: Path, overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``python -m recipe.relate.main_relate backend=cpu`` on the inputs of ``run_dir``: (argv, env)."""
     inputs = (run_dir / OVERRIDES_FILE).read_text().split()
     env = cpu_env({**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics), "HF_HUB_OFFLINE": "1"})
-    cmd = [sys.executable, "-m", "recipe.relate.main_relate", "backend=cpu", *inputs, TEST_LR, *overrides]
+    return [sys.executable, "-m", "recipe.relate.main_relate", "backend=cpu", *inputs, *TEST_SIZE, *overrides], env
+
+
+def run_main(run_dir: Path, metrics: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    cmd, env = main_command(run_dir, metrics, overrides)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+class BackgroundRun:
+    """A command started now, its output in a log file (a pipe left unread would block it)."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def wait(self) -> subprocess.CompletedProcess:
+        try:
+            self.proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, "", self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def matches(row: dict, reference: torch.Tensor) -> bool:
@@ -82,13 +116,42 @@ def probe_overrides(probe: Path) -> list[str]:
             f"+actor_rollout_ref.rollout.engine_kwargs.hf.sync_probe_token_ids=[{ids}]"]
 
 
+IMPRESSIONS = "20000"
+
+
 @pytest.fixture(scope="module")
-def relate_run(tmp_path_factory) -> Path:
-    """``POLICY=tiny bash examples/run_relate_cpu.sh``: preset relate, 2 steps, a checkpoint after each."""
+def inputs(tmp_path_factory) -> Path:
+    """The run folder with the inputs ``run_relate_cpu.sh`` builds (POLICY=tiny), built once."""
     run_dir = tmp_path_factory.mktemp("relate_cpu")
-    env = {**os.environ, "POLICY": "tiny", "PRESET": "relate", "RUN_DIR": str(run_dir), "IMPRESSIONS": "20000",
+    proc = subprocess.run([sys.executable, "-m", "examples.cpu_run", "prepare", "--run-dir", str(run_dir),
+                           "--policy", "tiny", "--impressions", IMPRESSIONS], cwd=REPO, capture_output=True,
+                          text=True, timeout=TIMEOUT_S, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    _check(proc, "examples.cpu_run prepare")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def model3_run(inputs, tmp_path_factory):
+    """Preset model3, reference + KL loss, two FSDP ranks over gloo, 2 steps: started in the
+    background as soon as the inputs exist; (metrics file, checkpoint folder, run) for its test."""
+    out = tmp_path_factory.mktemp("model3_two_ranks")
+    metrics = out / "metrics.jsonl"
+    cmd, env = main_command(inputs, metrics, ["relate.preset=model3", "trainer.total_training_steps=2",
+                                              "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.use_kl_loss=true",
+                                              f"trainer.default_local_dir={out / 'checkpoints'}"])
+    run = BackgroundRun(cmd, env, out / "run.log")
+    yield metrics, out / "checkpoints", run
+    run.stop()
+
+
+@pytest.fixture(scope="module")
+def relate_run(inputs, model3_run) -> Path:
+    """``POLICY=tiny bash examples/run_relate_cpu.sh``: preset relate, 2 steps, a checkpoint after each
+    (its input stages are up to date and skipped; the model3 run is under way meanwhile)."""
+    run_dir = inputs
+    env = {**os.environ, "POLICY": "tiny", "PRESET": "relate", "RUN_DIR": str(run_dir), "IMPRESSIONS": IMPRESSIONS,
            "PYTHON": sys.executable}
-    args = ["trainer.total_training_steps=2", "trainer.save_freq=1", TEST_LR, *probe_overrides(run_dir / "probe.jsonl")]
+    args = ["trainer.total_training_steps=2", "trainer.save_freq=1", *TEST_SIZE, *probe_overrides(run_dir / "probe.jsonl")]
     proc = subprocess.run(["bash", "examples/run_relate_cpu.sh", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     _check(proc, "examples/run_relate_cpu.sh")
@@ -164,12 +227,9 @@ def test_resume_continues_from_the_checkpoint(relate_run, resumed_run):
     assert matches(probe_rows(relate_run / "probe_resumed.jsonl")[0], step2)
 
 
-def test_model3_with_reference_and_kl_on_two_gloo_ranks(relate_run, tmp_path):
-    metrics = tmp_path / "metrics.jsonl"
-    proc = run_main(relate_run, metrics, ["relate.preset=model3", "trainer.total_training_steps=2",
-                                          "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.use_kl_loss=true",
-                                          f"trainer.default_local_dir={tmp_path / 'checkpoints'}"])
-    _check(proc, "model3 on 2 ranks")
+def test_model3_with_reference_and_kl_on_two_gloo_ranks(model3_run):
+    metrics, checkpoints, run = model3_run
+    _check(run.wait(), "model3 on 2 ranks")
     steps = by_step(metrics)
     assert sorted(steps) == [1, 2]
     for m in steps.values():
@@ -180,6 +240,6 @@ def test_model3_with_reference_and_kl_on_two_gloo_ranks(relate_run, tmp_path):
     # eq. 4 at sentence level: RelateTrainer added the diversity penalty to the responses' rewards.
     assert min(m["relate/diversity_penalty/mean"] for m in steps.values()) < 0
     assert all(m["training/rollout_probs_diff_max"] < SAMPLED_TOLERANCE for m in steps.values())
-    actor = tmp_path / "checkpoints" / "global_step_2" / "actor"
+    actor = checkpoints / "global_step_2" / "actor"
     assert sorted(p.name for p in actor.glob("model_world_size_2_rank_*.pt")) == \
         ["model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]
