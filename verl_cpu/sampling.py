@@ -126,6 +126,15 @@ def shared_prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, ma
     return ids[index], mask[index], cache
 
 
+def generation_inputs(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int,
+                      share_prompt_prefix: bool, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(input_ids, attention_mask, cache or None) for ``generate``: :func:`shared_prefill` when asked
+    and every prompt has the 2 tokens it needs, else the plain left-padded batch."""
+    if share_prompt_prefix and min(map(len, prompts)) > 1:
+        return shared_prefill(model, prompts, pad_id, max_new_tokens, device)
+    return (*left_pad(prompts, pad_id, device), None)
+
+
 @torch.no_grad()
 def generate(model: Any, requests: Sequence[Request], eos_ids: Sequence[int], pad_id: int,
              share_prompt_prefix: bool = True) -> list[Result]:
@@ -141,13 +150,8 @@ def generate(model: Any, requests: Sequence[Request], eos_ids: Sequence[int], pa
     params = requests[0].params
     if any(r.params != params for r in requests):
         raise ValueError("one generate call takes requests with identical sampling parameters")
-    prompts = [r.prompt_ids for r in requests]
     budget = max(r.max_tokens for r in requests)
-    cache = None
-    if share_prompt_prefix and min(map(len, prompts)) > 1:
-        ids, mask, cache = shared_prefill(model, prompts, pad_id, budget)
-    else:
-        ids, mask = left_pad(prompts, pad_id)
+    ids, mask, cache = generation_inputs(model, [r.prompt_ids for r in requests], pad_id, budget, share_prompt_prefix)
     gen_kwargs: dict[str, Any] = dict(
         max_new_tokens=budget, min_new_tokens=budget if params.ignore_eos else 0,
         do_sample=not params.greedy, num_beams=1, pad_token_id=pad_id,

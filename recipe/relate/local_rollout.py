@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from verl_cpu.sampling import left_pad, shared_prefill
+from verl_cpu.sampling import generation_inputs
 
 # Per-batch seeds: seed * _SEED_STRIDE + batch index, so that seeds 0 and 1 share no batch seed.
 _SEED_STRIDE = 1_000_003
@@ -196,11 +196,7 @@ def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence
     bar = tqdm(total=len(flat), desc="generate", unit="seq", disable=not progress)
     for b, items in enumerate(batches):
         prompts = [prompt_ids[p] for p, _ in items]
-        cache = None
-        if share_prompt_prefix and min(map(len, prompts)) > 1:
-            ids, mask, cache = shared_prefill(model, prompts, pad_id, max_new_tokens, device)
-        else:
-            ids, mask = left_pad(prompts, pad_id, device)
+        ids, mask, cache = generation_inputs(model, prompts, pad_id, max_new_tokens, share_prompt_prefix, device)
         with _seeded(seed * _SEED_STRIDE + b, device):
             seqs = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=gen_cfg)
         new = seqs[:, ids.shape[1]:].tolist()

@@ -76,13 +76,14 @@ class RelateTrainer(PPOTrainerSync):
         self.registered_mode = name
 
     def __init__(self, config):
+        # Parsed first: verl's __init__ builds the replay buffer (trainer_base.py:131), which reads it.
+        self.recipe_config, self.reward_config = split_relate_section(config.get("relate"))
         super().__init__(config)
         if config.algorithm.adv_estimator != RELATE_ADV_ESTIMATOR:
             raise ValueError(
                 f"trainer.v1.trainer_mode=relate needs algorithm.adv_estimator=relate, got "
                 f"{config.algorithm.adv_estimator!r} (the RELATE trainer computes token penalties for that estimator)"
             )
-        self.recipe_config, self.reward_config = split_relate_section(config.get("relate"))
 
     def _build_replay_buffer(self):
         # verl's ReplayBuffer sleeps poll_interval (default 2.0 s) between TransferQueue polls while it
@@ -90,7 +91,7 @@ class RelateTrainer(PPOTrainerSync):
         # (trainer_base.py:153-183), and a custom_sampler loses the batch-size arguments, so verl's
         # config cannot set it: relate.replay_poll_interval_s does (null: verl's default).
         buffer = super()._build_replay_buffer()
-        interval = split_relate_section(self.config.get("relate"))[0].replay_poll_interval_s
+        interval = self.recipe_config.replay_poll_interval_s
         if interval is not None:
             buffer.poll_interval = float(interval)
         return buffer
