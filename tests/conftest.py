@@ -45,6 +45,22 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def sharp_model(tiny_model_dir):
+    """The tiny random Llama with unit-scale weights (sdpa attention), so that attention and rotary
+    positions change its outputs: a wrong position or mask shows in log-probs and samples."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / (1.0 if "embed" in name else p.shape[1] ** 0.5))
+    return model
+
+
+@pytest.fixture(scope="session")
 def pipeline_dir(tmp_path_factory):
     """The real data pipeline at small scale on the bundled records: RL dataset, 20k simulated
     impressions, CTCVR tables and a CTCVR model trained for a few epochs (~30 s)."""

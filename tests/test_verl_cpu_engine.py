@@ -26,19 +26,6 @@ PROMPT_LENS = (9, 3, 14, 6)
 RESPONSE_LENS = (5, 11, 1, 8)
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) / (1.0 if "embed" in name else p.shape[1] ** 0.5))
-    return model
-
-
 def engine(cls, model):
     """The engine's forward path on ``model`` without FSDP (what forward_step reads of ``self``)."""
     eng = object.__new__(cls)
@@ -103,14 +90,14 @@ def scored(cls, model, batch, nested_text):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, "per_row"])
 @pytest.mark.parametrize("nested_text", [False, True], ids=["padded_text", "nested_text"])
-def test_response_window_equals_verls_dense_path(model, temperature, nested_text):
+def test_response_window_equals_verls_dense_path(sharp_model, temperature, nested_text):
     batch = rollout_batch(nested_text)
     if temperature == "per_row":
         batch["temperature"] = torch.tensor([0.6, 1.0, 1.3, 0.9])
     else:
         tu.assign_non_tensor(batch, temperature=temperature)
-    ours, theirs = scored(CPUFSDPEngineWithLMHead, model, batch, nested_text), scored(
-        FSDPEngineWithLMHead, model, batch, nested_text)
+    ours, theirs = scored(CPUFSDPEngineWithLMHead, sharp_model, batch, nested_text), scored(
+        FSDPEngineWithLMHead, sharp_model, batch, nested_text)
     assert ours[0].numel() == sum(RESPONSE_LENS)
     torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=2e-5)
     torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=2e-5)
@@ -118,14 +105,14 @@ def test_response_window_equals_verls_dense_path(model, temperature, nested_text
         torch.testing.assert_close(ours[2][name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_the_lm_head_computes_the_response_columns_only(model):
+def test_the_lm_head_computes_the_response_columns_only(sharp_model):
     batch = rollout_batch(nested_text=True)
     tu.assign_non_tensor(batch, temperature=1.0)
     seen = []
-    hook = model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    hook = sharp_model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
     try:
         with torch.no_grad():
-            ours, theirs = (forward(cls, model, batch) for cls in (CPUFSDPEngineWithLMHead, FSDPEngineWithLMHead))
+            ours, theirs = (forward(cls, sharp_model, batch) for cls in (CPUFSDPEngineWithLMHead, FSDPEngineWithLMHead))
     finally:
         hook.remove()
     rows, width = len(PROMPT_LENS), max(p + r for p, r in zip(PROMPT_LENS, RESPONSE_LENS))
@@ -135,12 +122,12 @@ def test_the_lm_head_computes_the_response_columns_only(model):
                                    rtol=0, atol=2e-5)
 
 
-def test_a_batch_without_responses_takes_verls_path(model):
+def test_a_batch_without_responses_takes_verls_path(sharp_model):
     """An SFT batch reads every position (loss_mask): verl's own full-sequence outputs."""
     batch = rollout_batch(nested_text=True)
     del batch["responses"], batch["prompts"]
     tu.assign_non_tensor(batch, temperature=1.0)
     with torch.no_grad():
-        ours, theirs = (forward(cls, model, batch)["log_probs"] for cls in (CPUFSDPEngineWithLMHead, FSDPEngineWithLMHead))
+        ours, theirs = (forward(cls, sharp_model, batch)["log_probs"] for cls in (CPUFSDPEngineWithLMHead, FSDPEngineWithLMHead))
     torch.testing.assert_close(ours.values(), theirs.values(), rtol=0, atol=0)
     assert ours.values().numel() == sum(PROMPT_LENS) + sum(RESPONSE_LENS)

@@ -14,19 +14,6 @@ from verl_cpu.sampling import Request, SamplingParams, generate, max_new_tokens,
 PAD = 0
 
 
-@pytest.fixture(scope="module")
-def sharp_model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) / (1.0 if "embed" in name else p.shape[1] ** 0.5))
-    return model
-
-
 def _requests(params: SamplingParams, budgets=(12, 12, 7)) -> list[Request]:
     """Three prompts of different lengths, each sent 3 times (as GRPO's n does), shuffled."""
     g = torch.Generator().manual_seed(1)
