@@ -31,7 +31,7 @@ class ResponseWindow:
     ``input_ids``, ``position_ids``, ``attention_mask``: (B, P + R), prompts ending at column P - 1,
     responses starting at column P (P, R: the longest prompt and response). ``response_ids`` and
     ``response_mask``: (B, R). ``sequence_index``: (n_response_tokens,), where each response token's
-    result goes in verl's packed (total_nnz,) layout. ``total_nnz``, ``offsets``: that layout.
+    result goes in verl's packed (total_nnz,) layout; ``offsets``: (B + 1,), that layout's row starts.
     """
 
     input_ids: torch.Tensor
