@@ -255,21 +255,6 @@ class NgramStats:
         return [(b, t, n, int(freq.get(k, 0))) for k, (b, t, n) in ranked[:limit]]
 
 
-def _group_frequency(
-    keys: np.ndarray, groups: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct-group count per key: (code per input (N,), unique keys (U,), frequency (U,)).
-
-    Hash tables only (pandas factorize / unique): O(N), no sort.
-    """
-    codes, uniques = pd.factorize(keys)
-    codes = codes.astype(np.int64)
-    g = max(n_groups, 1)
-    pairs = pd.unique(codes * g + groups)  # distinct (n-gram, group) pairs
-    freq = np.bincount(pairs // g, minlength=len(uniques))
-    return codes, np.asarray(uniques), freq
-
-
 def high_freq_ngrams(
     keys: Mapping[int, np.ndarray],
     oks: dict[int, np.ndarray],

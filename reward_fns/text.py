@@ -282,25 +282,6 @@ def ad_text(parsed: ParsedAd) -> str:
     return " ".join(t for t in (parsed.title.strip(), parsed.description.strip()) if t)
 
 
-_WS_RE = re.compile(r"\s+")
-
-
-def squash_spaces(text: str) -> str:
-    """Collapse whitespace runs to one space and strip (for display and prompts, not spans)."""
-    return _WS_RE.sub(" ", text).strip()
-
-
-def merge_spans(spans: list[Span]) -> list[Span]:
-    """Union of half-open spans as a sorted list of disjoint spans (touching spans merge)."""
-    out: list[list[int]] = []
-    for a, b in sorted(s for s in spans if s[1] > s[0]):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
 def term_regex(term: str) -> str:
     """Regex source matching the literal ``term`` in NORMALISED text.
 
