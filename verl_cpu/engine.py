@@ -15,6 +15,7 @@ response positions only, the same log-probs and entropies where verl reads them.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 
@@ -25,7 +26,11 @@ from verl.utils.dataset.dataset_utils import DatasetPadMode
 from verl.utils.model import extract_multi_modal_inputs
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 from verl.workers.engine import EngineRegistry
-from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+from verl.workers.engine.fsdp.transformer_impl import (
+    FSDPEngineWithLMHead,
+    _is_scalar_unit_temperature,
+    _scale_logits_by_temperature,
+)
 
 from verl_cpu import threads
 from verl_cpu.response_window import response_lengths, response_window
@@ -75,8 +80,11 @@ class CPUFSDPEngineWithLMHead(FSDPEngineWithLMHead):
                 and "responses" in keys and "prompts" in keys
                 # text batches carry one empty dict per row (read as at transformer_impl.py:1168)
                 and not extract_multi_modal_inputs(micro_batch.get("multi_modal_inputs", []))
-                and micro_batch["position_ids"].dim() == 2
-                and "logits_to_keep" in inspect.signature(self.module.forward).parameters)
+                and micro_batch["position_ids"].dim() == 2 and self._forward_takes_logits_to_keep)
+
+    @functools.cached_property
+    def _forward_takes_logits_to_keep(self) -> bool:
+        return "logits_to_keep" in inspect.signature(self.module.forward).parameters
 
     def prepare_model_inputs(self, micro_batch: TensorDict):
         if not self._scores_response_window(micro_batch):
@@ -84,7 +92,7 @@ class CPUFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         window = response_window(micro_batch["input_ids"], micro_batch["position_ids"], response_lengths(micro_batch),
                                  tu.get_non_tensor_data(data=micro_batch, key="pad_token_id", default=0))
         temperature = micro_batch["temperature"]  # a float or (B,), as in transformer_impl.py:1159-1176
-        is_unit = not isinstance(temperature, torch.Tensor) and float(temperature) == 1.0
+        is_unit = _is_scalar_unit_temperature(temperature)
         if not isinstance(temperature, torch.Tensor):
             temperature = torch.full((window.input_ids.shape[0],), float(temperature))
         model_inputs = {"input_ids": window.input_ids, "attention_mask": window.attention_mask,
@@ -99,8 +107,8 @@ class CPUFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         if window is None:
             return super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
         logits = output.logits[:, :-1]  # (B, R, vocab): column P-1+j predicts response token j
-        if not output_args["temperature_is_one"]:
-            logits = logits / output_args["temperature"].clamp(min=1e-8).to(logits.dtype)[:, None, None]
+        logits = _scale_logits_by_temperature(logits, output_args["temperature"][:, None, None],
+                                              is_unit_temperature=output_args["temperature_is_one"])
         model_output = {"log_probs": window.to_sequences(logprobs_from_logits(logits, window.response_ids))}
         if tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False):
             if self.engine_config.entropy_checkpointing:
