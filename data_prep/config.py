@@ -22,6 +22,26 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class SFTDatasetConfig:
+    """``build_sft_dataset``: records + impression logs -> verl SFT parquet (the cold-start set).
+
+    The paper's Qwen-SFT baseline is tuned on "curated in-domain ads including online posterior
+    samples with high click signals" and gives no selection rule; this one is ours. Each logged ad
+    of a record is ranked by its posterior mean CTCVR, conversions/impressions under a Beta prior
+    centred on the log's overall CTCVR and worth ``prior_conversions`` conversions (so a variant
+    with 300 impressions and 1 conversion is not ranked above one with 30,000 and 90). CTCVR, not
+    CTR: a click-bait variant (exaggerated claims) draws clicks that do not convert. The paper's set
+    also holds curated ads: a record none of whose logged ads qualifies is answered by its own
+    reference ad (the advertiser's), when ``reference_fallback`` and the record has one.
+    """
+
+    variants_per_record: int = 1  # the best logged ads of each record that become SFT answers
+    min_conversions: int = 1  # a logged ad with fewer conversions is never picked: no signal, only the prior
+    prior_conversions: float = 1.0  # strength of the Beta prior, in conversions (its impressions: this / overall CTCVR)
+    reference_fallback: bool = True  # records without a qualifying logged ad: their reference ad
+
+
+@dataclass(frozen=True)
 class CTCVRTableConfig:
     """``build_ctcvr_table``: impression logs -> ESMM train/val/test tables."""
 
