@@ -29,7 +29,7 @@ from tqdm import tqdm
 from data_prep.common import assign_split, handle_invalid, write_parquet
 from relate_common.jsonio import write_json, write_jsonl
 from data_prep.config import SAMPLE_RECORDS, DatasetConfig
-from data_prep.prompts import PROMPT_VERSION, build_messages
+from data_prep.prompts import PROMPT_STYLES, build_messages, prompt_version
 from relate_common.records import AdRecord, RecordError, parse_record, read_rows
 
 GROUND_TRUTH_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landing_page", "industry", "title", "description")
@@ -77,16 +77,16 @@ def to_rl_row(record: AdRecord, config: DatasetConfig, split: str, index: int) -
     truth = ground_truth(record)
     return {
         "data_source": config.data_source,
-        "prompt": build_messages(record),
+        "prompt": build_messages(record, config.prompt_style),
         "ability": config.ability,
         "reward_model": {"style": config.reward_style, "ground_truth": truth},
-        "extra_info": {"index": index, "split": split, "prompt_version": PROMPT_VERSION, **truth, **_carry_extra(record.extra)},
+        "extra_info": {"index": index, "split": split, "prompt_version": prompt_version(config.prompt_style), **truth, **_carry_extra(record.extra)},
     }
 
 
-def prompt_token_count(tokenizer: Any, record: AdRecord) -> int:
+def prompt_token_count(tokenizer: Any, record: AdRecord, style: str = "full") -> int:
     """Tokens of the rendered chat prompt, generation prompt included (what the rollout sees)."""
-    ids = tokenizer.apply_chat_template(build_messages(record), add_generation_prompt=True, tokenize=True)
+    ids = tokenizer.apply_chat_template(build_messages(record, style), add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer transformers
         ids = ids["input_ids"]
     return len(ids)
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of records (by id hash) in val.parquet")
     p.add_argument("--seed", type=int, default=d.seed, help="salt of the id hash that assigns the split")
     p.add_argument("--sp-separator", default=d.selling_point_separator, help="separator when selling_points is one string")
+    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default=d.prompt_style,
+                   help="full: every rule spelled out; compact: the same fields and format in far fewer tokens (small CPU policies)")
     p.add_argument("--data-source", default=d.data_source, help="value of verl's data_source column")
     p.add_argument("--skip-invalid", action="store_true", help="write rejected rows with their reason to OUTPUT_DIR/rejected.jsonl and go on")
     p.add_argument("--tokenizer", help="tokenizer folder or name; with --max-prompt-tokens, drops prompts longer than that")
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (args.tokenizer is None) != (args.max_prompt_tokens is None):
         build_parser().error("--tokenizer and --max-prompt-tokens go together")
     config = DatasetConfig(val_fraction=args.val_fraction, seed=args.seed, data_source=args.data_source,
-                           selling_point_separator=args.sp_separator)
+                           selling_point_separator=args.sp_separator, prompt_style=args.prompt_style)
 
     records: list[AdRecord] = []
     rejected: list[dict[str, Any]] = []
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         kept = []
         for record in tqdm(records, desc="prompt lengths", unit="prompt", disable=None):
-            n = prompt_token_count(tokenizer, record)
+            n = prompt_token_count(tokenizer, record, config.prompt_style)
             if n > args.max_prompt_tokens:
                 overlong.append({"id": record.id, "prompt_tokens": n, "max_prompt_tokens": args.max_prompt_tokens})
             else:
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     languages = Counter(r.language for r in records)
     summary = {
         "input": str(args.input),
+        "prompt_style": config.prompt_style,
         "rows_read": rows_read,
         "written": {split: len(rows) for split, rows in by_split.items()},
         "rejected": len(rejected),

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from data_prep.build_ctcvr_table import detect_shape, labelled_rows
 from data_prep.common import assign_split, fail, handle_invalid, write_parquet
 from data_prep.config import SAMPLE_RECORDS, DatasetConfig, SFTDatasetConfig
-from data_prep.prompts import PROMPT_VERSION, build_messages
+from data_prep.prompts import PROMPT_STYLES, build_messages, prompt_version
 from relate_common.ad_format import render_ad
 from relate_common.jsonio import write_json, write_jsonl
 from relate_common.records import AdRecord, RecordError, load_records, read_rows, text_field
@@ -138,12 +138,13 @@ def answers_for(record: AdRecord, chosen: dict[str, list[tuple[LoggedAd, float]]
     return [], ""
 
 
-def to_sft_row(record: AdRecord, ad: LoggedAd, posterior: float | None, source: str, split: str, index: int) -> dict[str, Any]:
-    """One verl SFT row: the RL prompt's turns, then the chosen ad as the assistant's answer."""
+def to_sft_row(record: AdRecord, ad: LoggedAd, posterior: float | None, source: str, split: str, index: int,
+               prompt_style: str = "full") -> dict[str, Any]:
+    """One verl SFT row: the RL prompt's turns (same style as the RL set), then the chosen ad as the answer."""
     answer = render_ad(ad.title, ad.description, record.language)
     return {
-        "messages": [*build_messages(record), {"role": "assistant", "content": answer}],
-        "extra_info": {"index": index, "split": split, "prompt_version": PROMPT_VERSION, "id": record.id,
+        "messages": [*build_messages(record, prompt_style), {"role": "assistant", "content": answer}],
+        "extra_info": {"index": index, "split": split, "prompt_version": prompt_version(prompt_style), "id": record.id,
                        "source": source, "impressions": ad.impressions, "clicks": ad.clicks,
                        "conversions": ad.conversions, "posterior_ctcvr": posterior, "variant": ad.variant},
     }
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records without a qualifying logged ad get no row (default: their reference ad answers)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share of records held out, as in build_dataset (default {d.val_fraction})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"salt of the id hash, as in build_dataset (default {d.seed})")
+    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default=d.prompt_style,
+                   help=f"prompt style; use the RL set's (build_dataset --prompt-style; default {d.prompt_style})")
     p.add_argument("--sp-separator", default=d.selling_point_separator, help="separator when selling_points is one string")
     p.add_argument("--skip-invalid", action="store_true", help="write rejected rows with their reason to OUTPUT_DIR/rejected.jsonl and go on")
     return p
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         sources[source] += 1
         for ad, posterior in answers:
-            by_split[split].append(to_sft_row(record, ad, posterior, source, split, len(by_split[split])))
+            by_split[split].append(to_sft_row(record, ad, posterior, source, split, len(by_split[split]), args.prompt_style))
             if source == "posterior":
                 variants[ad.variant or "(no variant column)"] += 1
 
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.skip_invalid:
         write_jsonl(rejected, out / "rejected.jsonl")
     summary = {
-        "records": str(args.records), "logs": str(args.logs), "log_rows_read": rows_read, "rejected": len(rejected),
+        "records": str(args.records), "logs": str(args.logs), "prompt_style": args.prompt_style, "log_rows_read": rows_read, "rejected": len(rejected),
         "logged_ads": len(ads), "overall_ctcvr": overall_ctcvr(ads), "rule": dataclasses.asdict(config),
         "written": {s: len(rows) for s, rows in by_split.items()}, "records_unselected": len(unselected),
         "duplicate_records": duplicates, "records_by_source": dict(sources),

@@ -19,6 +19,7 @@ class DatasetConfig:
     ability: str = "ad_text"
     reward_style: str = "rule"  # verl convention for rule/model-computed rewards
     selling_point_separator: str = "|"  # splits a selling_points given as one string
+    prompt_style: str = "full"  # data_prep.prompts.PROMPT_STYLES: "full" rules, or "compact" for small CPU policies
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,16 @@
-"""Chat prompts for ad writing, in Chinese and English.
+"""Chat prompts for ad writing, in Chinese and English, in two styles.
 
 The system message states the ad-writing rules and the exact output format that
 ``relate_common.ad_format.parse_ad`` (and so the format reward) checks; the limits come from
 ``relate_common.ad_format.LENGTH_LIMITS`` so the prompt and the reward cannot disagree.
+
+Styles (``DatasetConfig.prompt_style``, ``--prompt-style``):
+
+* ``full``: every rule spelled out (the default; for 8B policies on GPUs).
+* ``compact``: the same fields (query, bid keyword, selling points, industry, landing page) and
+  the same output format and limits in one short line of rules: for small CPU policies, whose
+  step time grows with the prompt. Ours, not the paper's (the paper does not print its prompt).
+  ``benchmarks/bench_prompt_tokens.py`` measures both in SmolLM2 tokens.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from relate_common.ad_format import FIELD_LABELS, LENGTH_LIMITS
 from relate_common.records import AdRecord
 
 PROMPT_VERSION = "v1"
+PROMPT_STYLES = ("full", "compact")
 
 _SYSTEM_EN = """You are an expert search-ad copywriter. Write one search ad for the advertiser below.
 
@@ -38,15 +47,34 @@ _SYSTEM_ZH = """你是资深的搜索广告文案撰写人。请为下面的广�
 {title_label}：<标题>
 {desc_label}：<描述>"""
 
+_SYSTEM_COMPACT_EN = ("Write one search ad from the facts below; no exaggerated claims. Output two lines:\n"
+                      "{title_label}: <{title_min}-{title_max} chars>\n{desc_label}: <{desc_min}-{desc_max} chars>")
+_SYSTEM_COMPACT_ZH = ("根据以下信息写一条搜索广告，只用给出的事实，不夸大。输出两行：\n"
+                      "{title_label}：<{title_min}-{title_max}字>\n{desc_label}：<{desc_min}-{desc_max}字>")
+_SYSTEMS = {("full", "en"): _SYSTEM_EN, ("full", "zh"): _SYSTEM_ZH,
+            ("compact", "en"): _SYSTEM_COMPACT_EN, ("compact", "zh"): _SYSTEM_COMPACT_ZH}
+
 _USER_EN = "Search query: {query}\nBid keyword: {bidword}\nSelling points:\n{points}"
 _USER_ZH = "搜索词：{query}\n购买关键词：{bidword}\n卖点：\n{points}"
 _LANDING = {"en": "\nLanding page: {text}", "zh": "\n落地页：{text}"}
 _INDUSTRY = {"en": "\nIndustry: {text}", "zh": "\n行业：{text}"}
 
 
-def system_message(language: str) -> str:
+def prompt_version(style: str) -> str:
+    """The ``extra_info.prompt_version`` of rows written with ``style`` ('v1', 'v1-compact')."""
+    check_style(style)
+    return PROMPT_VERSION if style == "full" else f"{PROMPT_VERSION}-{style}"
+
+
+def check_style(style: str) -> None:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; known: {', '.join(PROMPT_STYLES)}")
+
+
+def system_message(language: str, style: str = "full") -> str:
     """The system message with rules and output format for ``language`` ('zh' or 'en')."""
-    template = _SYSTEM_ZH if language == "zh" else _SYSTEM_EN
+    check_style(style)
+    template = _SYSTEMS[style, "zh" if language == "zh" else "en"]
     limits = LENGTH_LIMITS[language]
     title_label, desc_label = FIELD_LABELS[language]
     return template.format(
@@ -68,9 +96,9 @@ def user_message(record: AdRecord) -> str:
     return text
 
 
-def build_messages(record: AdRecord) -> list[dict[str, str]]:
+def build_messages(record: AdRecord, style: str = "full") -> list[dict[str, str]]:
     """Chat messages in the form verl's RLHFDataset and every chat template expect."""
     return [
-        {"role": "system", "content": system_message(record.language)},
+        {"role": "system", "content": system_message(record.language, style)},
         {"role": "user", "content": user_message(record)},
     ]

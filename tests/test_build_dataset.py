@@ -64,6 +64,39 @@ def test_row_format_matches_what_rewards_read(sample_dataset):
     assert info["split"] == "train" and info["index"] == 0 and info["id"] == truth["id"]
 
 
+def test_compact_prompt_keeps_every_field_and_the_format_in_far_fewer_tokens(sample_dataset, tokenizer, tmp_path):
+    out, _ = sample_dataset
+    compact = build_dataset.main(["--output-dir", str(tmp_path / "compact"), "--prompt-style", "compact"])
+    assert compact["prompt_style"] == "compact"
+    full_rows = pd.read_parquet(out / "train.parquet")
+    rows = pd.read_parquet(tmp_path / "compact" / "train.parquet")
+    # The same records in the same splits and order: only the prompt differs.
+    assert list(rows["extra_info"].map(lambda e: e["id"])) == list(full_rows["extra_info"].map(lambda e: e["id"]))
+    assert set(rows["extra_info"].map(lambda e: e["prompt_version"])) == {"v1-compact"}
+    for (_, row), (_, full) in zip(rows.iterrows(), full_rows.iterrows()):
+        truth = row["reward_model"]["ground_truth"]
+        lang = truth["language"]
+        system, user = row["prompt"][0]["content"], row["prompt"][1]["content"]
+        title_label, desc_label = FIELD_LABELS[lang]
+        assert title_label in system and desc_label in system
+        assert all(str(v) in system for limits in LENGTH_LIMITS[lang].values() for v in limits)
+        assert user == full["prompt"][1]["content"]  # query, bidword, selling points, industry, landing page
+        assert all(p in user for p in truth["selling_points"]) and truth["landing_page"] in user
+        n_compact, n_full = (len(tokenizer(tokenizer.apply_chat_template(list(r["prompt"]), add_generation_prompt=True,
+                                                                         tokenize=False))["input_ids"]) for r in (row, full))
+        assert n_compact < 0.7 * n_full, (truth["id"], n_compact, n_full)
+
+
+def test_unknown_prompt_style_is_refused_with_the_known_ones():
+    from data_prep.prompts import build_messages
+    from relate_common.records import parse_record
+
+    with pytest.raises(ValueError, match="full, compact"):
+        build_messages(parse_record(record(1), source="t", row=1), "tiny")
+    with pytest.raises(SystemExit):
+        build_dataset.main(["--output-dir", "/tmp/never", "--prompt-style", "tiny"])
+
+
 def test_parquet_loads_through_verl_rlhf_dataset(sample_dataset, tokenizer, tmp_path):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset

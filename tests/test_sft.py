@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_prep import build_sft_dataset
+from data_prep import build_dataset, build_sft_dataset
 from data_prep.build_sft_dataset import LoggedAd, overall_ctcvr, select_sft_ads
 from data_prep.config import SFTDatasetConfig
 from relate_common.ad_format import parse_ad
@@ -80,6 +80,20 @@ def test_cli_builds_the_sft_set_on_the_rl_split(pipeline_dir, tmp_path, capsys):
                                       "--no-reference-fallback"])
     unselected = [json.loads(line) for line in (off / "unselected.jsonl").read_text().splitlines()]
     assert len(unselected) == summary["records_unselected"] == 320 - by_source["posterior"]
+
+
+def test_compact_style_sft_prompts_are_the_compact_rl_prompts(pipeline_dir, tmp_path):
+    build_dataset.main(["--output-dir", str(tmp_path / "rl"), "--prompt-style", "compact"])
+    summary = build_sft_dataset.main(["--logs", str(pipeline_dir / "logs.parquet"), "--output-dir", str(tmp_path / "sft"),
+                                      "--prompt-style", "compact"])
+    assert summary["prompt_style"] == "compact"
+    rl = pd.read_parquet(tmp_path / "rl" / "train.parquet")
+    sft = pd.read_parquet(tmp_path / "sft" / "train.parquet")
+    rl_prompt = {e["id"]: [dict(m) for m in p] for e, p in zip(rl.extra_info, rl.prompt)}
+    assert len(sft) == len(rl)
+    for info, messages in zip(sft.extra_info, sft.messages):
+        assert info["prompt_version"] == "v1-compact"
+        assert [dict(m) for m in messages[:-1]] == rl_prompt[info["id"]]
 
 
 def _log_row(**overrides):
