@@ -292,6 +292,12 @@ OUTPUT_SCHEMA = pa.schema(
         ("truth_fatigue_factor", pa.float64()),  # the fatigue multiplier already in truth_p_click
     ]
 )
+# --aggregate: one row per shown ad (record x variant) with counts, the shape build_ctcvr_table and
+# build_sft_dataset read as "aggregated"; the truth columns are means over that ad's impressions.
+AGGREGATED_SCHEMA = pa.schema(
+    [*(f for f in OUTPUT_SCHEMA if f.name not in ("click", "conversion")),
+     pa.field("impressions", pa.int64()), pa.field("clicks", pa.int64()), pa.field("conversions", pa.int64())]
+)
 
 
 def record_popularity(n_records: int, skew: float, rng: np.random.Generator) -> np.ndarray:
@@ -311,12 +317,14 @@ def simulate(
     model: UserModel | None = None,
     popularity_skew: float = DEFAULT_POPULARITY_SKEW,
     progress: bool = True,
+    aggregate: bool = False,
 ) -> pa.Table:
     """Play ``impressions`` impressions over the records' ad variants; return the log table.
 
     Everything that does not depend on the stream (variant texts, features, fresh probabilities,
     phrasing slots) is computed once per variant; the per-impression loop only updates fatigue.
-    Same records + seed + model config -> identical table.
+    Same records + seed + model config -> identical table. ``aggregate``: the same draws summed per
+    shown ad (:data:`AGGREGATED_SCHEMA`), so that 10M impressions fit in memory and on disk.
     """
     if not records:
         raise ValueError("no records to simulate")
@@ -367,6 +375,8 @@ def simulate(
             "variant": [v.name for v in variants],
         }
     )
+    if aggregate:
+        return aggregate_log(variant_table, variant_pick, click, conversion, truth_p_click, truth_p_cvr, fatigue_factor)
     table = variant_table.take(pa.array(variant_pick))
     for name, values in (
         ("click", click.astype(np.int64)),
@@ -378,6 +388,38 @@ def simulate(
     ):
         table = table.append_column(name, pa.array(values))
     return table.cast(OUTPUT_SCHEMA)
+
+
+def aggregate_log(variant_table: pa.Table, variant_pick: np.ndarray, click: np.ndarray, conversion: np.ndarray,
+                  truth_p_click: np.ndarray, truth_p_cvr: np.ndarray, fatigue_factor: np.ndarray) -> pa.Table:
+    """Per-impression draws summed per ad: one row per ad shown at least once (never-shown ads have no row).
+
+    Args:
+        variant_table: (V rows) the text columns of every ad variant.
+        variant_pick: (N,) the variant index of each impression; the other arrays are (N,) per impression.
+    Returns: :data:`AGGREGATED_SCHEMA` rows; truth columns are the means over the ad's impressions
+    (``truth_p_ctcvr``: the mean of the per-impression products, so it matches the expected conversions).
+    """
+    n = variant_table.num_rows
+    imps = np.bincount(variant_pick, minlength=n)
+    shown = np.flatnonzero(imps)
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(variant_pick, weights=values, minlength=n)[shown]
+
+    table = variant_table.take(pa.array(shown))
+    columns = (
+        ("truth_p_click", total(truth_p_click) / imps[shown]),
+        ("truth_p_cvr", total(truth_p_cvr) / imps[shown]),
+        ("truth_p_ctcvr", total(truth_p_click * truth_p_cvr) / imps[shown]),
+        ("truth_fatigue_factor", total(fatigue_factor) / imps[shown]),
+        ("impressions", imps[shown].astype(np.int64)),
+        ("clicks", np.rint(total(click.astype(np.float64))).astype(np.int64)),
+        ("conversions", np.rint(total(conversion.astype(np.float64))).astype(np.int64)),
+    )
+    for name, values in columns:
+        table = table.append_column(name, pa.array(values))
+    return table.cast(AGGREGATED_SCHEMA)
 
 
 def _record_fields(record: AdRecord) -> dict[str, object]:
@@ -398,12 +440,16 @@ def _rate(numerator: int, denominator: int) -> float:
 
 
 def summarize(table: pa.Table) -> str:
-    """Totals and a per-variant CTR/CVR table of a simulated log, as printable text."""
+    """Totals and a per-variant CTR/CVR table of a simulated log (either shape), as printable text."""
     variant = np.asarray(table.column("variant").to_pylist())
-    click = table.column("click").to_numpy()
-    conversion = table.column("conversion").to_numpy()
+    if "impressions" in table.column_names:
+        imps = table.column("impressions").to_numpy()
+        click, conversion = table.column("clicks").to_numpy(), table.column("conversions").to_numpy()
+    else:
+        imps = np.ones(table.num_rows, dtype=np.int64)
+        click, conversion = table.column("click").to_numpy(), table.column("conversion").to_numpy()
     truth = table.column("truth_p_ctcvr").to_numpy()
-    n, clicks, conversions = len(click), int(click.sum()), int(conversion.sum())
+    n, clicks, conversions = int(imps.sum()), int(click.sum()), int(conversion.sum())
     lines = [
         f"impressions: {n}",
         f"clicks:      {clicks}",
@@ -418,9 +464,10 @@ def summarize(table: pa.Table) -> str:
         mask = variant == name
         if not mask.any():
             continue
-        m, c, v = int(mask.sum()), int(click[mask].sum()), int(conversion[mask].sum())
+        m, c, v = int(imps[mask].sum()), int(click[mask].sum()), int(conversion[mask].sum())
+        truth_mean = float((truth[mask] * imps[mask]).sum() / m)  # per impression, in either shape
         lines.append(
-            f"{name:<20}{m:>12}{c:>8}{v:>6}{_rate(c, m):>9.3%}{_rate(v, c):>9.3%}{_rate(v, m):>9.4%}{truth[mask].mean():>13.4%}"
+            f"{name:<20}{m:>12}{c:>8}{v:>6}{_rate(c, m):>9.3%}{_rate(v, c):>9.3%}{_rate(v, m):>9.4%}{truth_mean:>13.4%}"
         )
     return "\n".join(lines)
 
@@ -449,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Output columns: record_id, industry, language, query, bidword, selling_points, title, "
             "description, variant, click (0/1), conversion (0/1, only 1 after a click), "
-            "truth_p_click, truth_p_cvr, truth_p_ctcvr, truth_fatigue_factor. "
+            "truth_p_click, truth_p_cvr, truth_p_ctcvr, truth_fatigue_factor; with --aggregate: impressions, "
+            "clicks, conversions per shown ad instead of click and conversion, truth columns averaged. "
             "At the end a summary is printed: impressions, clicks, conversions, CTR, CVR "
             "(conversions / clicks), CTCVR and a per-variant table; the progress bar goes to stderr. "
             "Exit codes: 0 ok, 2 invalid input (the message names file, row and field)."
@@ -469,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--popularity-skew", type=float, default=DEFAULT_POPULARITY_SKEW,
         help=f"Zipf exponent of record popularity, 0 = uniform (default {DEFAULT_POPULARITY_SKEW})",
     )
+    parser.add_argument("--aggregate", action="store_true",
+                        help="write one row per shown ad with impressions / clicks / conversions counts (and mean truth) "
+                             "instead of one row per impression: the same draws, for 10M+ impressions")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     return parser
 
@@ -494,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     table = simulate(
         records, args.impressions, args.seed, model=UserModel(UserModelConfig()),
-        popularity_skew=args.popularity_skew, progress=not args.no_progress,
+        popularity_skew=args.popularity_skew, progress=not args.no_progress, aggregate=args.aggregate,
     )
     write_parquet(table, args.output)
     elapsed = time.perf_counter() - started

@@ -387,3 +387,38 @@ def test_simulator_does_not_import_what_it_judges():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(impressions=st.integers(1, 3000), seed=st.integers(0, 2**16))
+def test_aggregated_log_is_the_per_impression_log_summed_per_ad(impressions, seed):
+    per = simulate(RECORDS, impressions, seed=seed, progress=False).to_pandas()
+    agg = simulate(RECORDS, impressions, seed=seed, progress=False, aggregate=True)
+    assert agg.schema == simulate_logs.AGGREGATED_SCHEMA
+    agg = agg.to_pandas().set_index(["record_id", "variant"]).sort_index()
+    grouped = per.groupby(["record_id", "variant"]).agg(
+        impressions=("click", "size"), clicks=("click", "sum"), conversions=("conversion", "sum"),
+        truth_p_click=("truth_p_click", "mean"), truth_p_ctcvr=("truth_p_ctcvr", "mean")).sort_index()
+    # only shown ads have a row, and every count and truth mean is the per-impression log's
+    assert list(agg.index) == list(grouped.index)
+    for col in ("impressions", "clicks", "conversions"):
+        assert (agg[col].to_numpy() == grouped[col].to_numpy()).all(), col
+    for col in ("truth_p_click", "truth_p_ctcvr"):
+        np.testing.assert_allclose(agg[col].to_numpy(), grouped[col].to_numpy(), rtol=1e-12)
+    assert int(agg["impressions"].sum()) == impressions
+
+
+def test_aggregated_log_feeds_the_ctcvr_tables_with_the_same_totals(tmp_path, records_file):
+    from data_prep import build_ctcvr_table
+
+    for flag in ([], ["--aggregate"]):
+        name = "agg" if flag else "per"
+        assert main(["--records", str(records_file), "--output", str(tmp_path / f"{name}.parquet"),
+                     "--impressions", "4000", "--seed", "5", "--no-progress", *flag]) == 0
+    per = build_ctcvr_table.main(["--logs", str(tmp_path / "per.parquet"), "--output-dir", str(tmp_path / "t_per")])
+    agg = build_ctcvr_table.main(["--logs", str(tmp_path / "agg.parquet"), "--output-dir", str(tmp_path / "t_agg")])
+    assert agg["shape"] == "aggregated" and per["shape"] == "impression"
+    for split in ("train", "val", "test"):
+        for key in ("impressions", "clicks", "conversions", "queries"):
+            assert agg["splits"][split][key] == per["splits"][split][key], (split, key)
+
