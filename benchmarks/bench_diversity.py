@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from reward_fns.config import DiversityConfig  # noqa: E402
-from reward_fns.diversity import batch_ngram_statistics, batch_ngram_statistics_reference  # noqa: E402
+from reward_fns.ngram_stats import batch_ngram_statistics, batch_ngram_statistics_reference  # noqa: E402
 
 VOCAB = 49_152
 N_GROUPS, G, L = 288, 5, 128

@@ -12,9 +12,12 @@ relevance           :mod:`reward_fns.relevance`             [0, 1]       3.3.1 r
 correctness         :mod:`reward_fns.correctness` (+judge)  [0, 1]       3.3.1 correctness
 risk_blacklist      :mod:`reward_fns.risk`                  [0, 1]       3.3.1 risk, eq. 5 V^black
 risk_judge          :mod:`reward_fns.risk` (judge reuse)    [0, 1]       3.3.1 risk (semantic)
-diversity           :mod:`reward_fns.diversity`             [floor, 0]   3.3.2 eq. 4, eq. 5 G_high
+diversity           :mod:`reward_fns.ngram_stats`           [floor, 0]   3.3.2 eq. 4, eq. 5 G_high
 ctcvr               :mod:`reward_fns.ctcvr`                 (0, 1)       3.3.3
 ==================  ======================================  ===========  =====================
+
+Each is registered by name in :mod:`reward_fns.compose` (:func:`register_reward_component`,
+:func:`get_reward_component`); scoring computes the wanted ones in registry order.
 
 Call patterns (the same code serves both):
 
@@ -44,12 +47,14 @@ from reward_fns.compose import (
     SampleScore,
     ScoredResponse,
     batch_credit,
+    get_reward_component,
+    register_reward_component,
     score_batch,
     score_samples,
     sentence_reward,
 )
 from reward_fns.config import COMPONENTS, PRESETS, ConfigError, RewardConfig, preset
-from reward_fns.diversity import NgramStats, batch_ngram_statistics
+from reward_fns.ngram_stats import NgramStats, batch_ngram_statistics
 from reward_fns.metrics import table1, table3
 from reward_fns.types import ComponentScore, Trigger
 
@@ -70,7 +75,9 @@ __all__ = [
     "batch_ngram_statistics",
     "decode_batch_with_offsets",
     "decode_with_offsets",
+    "get_reward_component",
     "preset",
+    "register_reward_component",
     "score_batch",
     "score_samples",
     "sentence_reward",

@@ -1,6 +1,6 @@
 """Composition: sentence reward (eq. 2), batch credit (eq. 4, 5) and ``score_batch``.
 
-Two call patterns share this code (DESIGN.md sec. 1):
+Two call patterns share this code:
 
 * per sample (verl reward-loop worker): :func:`score_samples` with lists of one. It computes
   every sentence-level component of the preset and the sentence reward WITHOUT diversity,
@@ -13,6 +13,10 @@ Two call patterns share this code (DESIGN.md sec. 1):
 :func:`score_batch` runs both for offline scoring and the CLI, so the numbers are the ones
 training sees.
 
+Components: each is one function registered by name (:func:`register_reward_component`, as
+verl registers advantage estimators); both call patterns compute the wanted ones in registry
+order, so adding a component is one decorated function (and its name in config.COMPONENTS).
+
 Sentence reward: ``sum_k w_k * c_k`` over the preset's sentence-level components with a value
 (``risk_judge`` has none without a judge). Ranges: length, format, relevance, correctness,
 risk_* in [0, 1]; ctcvr in (0, 1); diversity (eq. 4) in [floor, 0].
@@ -20,8 +24,9 @@ risk_* in [0, 1]; ctcvr in (0, 1); diversity (eq. 4) in [floor, 0].
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -37,23 +42,14 @@ from reward_fns.attribution import (
 from reward_fns.config import COMPONENTS, RewardConfig, resolve_config
 from reward_fns.correctness import correctness_reward, offline_correctness
 from reward_fns.ctcvr import ctcvr_reward
-from reward_fns.diversity import (
-    CharArrays,
-    NgramStats,
-    WindowKeys,
-    content_token_mask,
-    group_codes,
-    prompt_text,
-    statistics_from_keys,
-    text_eligibility,
-    window_validity,
-)
 from reward_fns.format import format_reward
 from reward_fns.judge import JudgeClient, JudgeRequest, JudgeVerdict
 from reward_fns.length import length_reward
+from reward_fns.ngram_stats import NgramStats, WindowKeys, group_codes, statistics_from_keys, window_validity
 from reward_fns.relevance import EncoderPool, relevance_scores
 from reward_fns.risk import RiskHit, find_blacklist_hits, is_compliant, load_lexicon, risk_blacklist_reward, risk_judge_reward
 from reward_fns.text import normalize_batch
+from reward_fns.text_filters import CharArrays, content_token_mask, prompt_text, text_eligibility
 from reward_fns.types import ComponentScore, Span, Trigger
 
 # ---- context ------------------------------------------------------------------------------------
@@ -90,6 +86,183 @@ class RewardContext:
         if self.tokenizer is None:
             raise ValueError("length in tokens needs offsets or a tokenizer in the RewardContext")
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# ---- components: a registry ---------------------------------------------------------------------
+
+
+@dataclass
+class ComponentInputs:
+    """What the components read for N responses; the judge and blacklist work shared by several
+    components runs once, on first read.
+
+    records / responses / parsed: (N,); wanted: the component names asked for; offsets: None or
+    (N,) of (L_i, 2) token spans (length in tokens re-tokenises without them); predicted_ctcvr /
+    reference_ctcvr: None or (N,); given_verdicts: None or (N,) judge verdicts from the caller;
+    credit: the batch's :class:`BatchCredit`, only for batch-level components (:func:`score_batch`).
+    """
+
+    records: list[AdRecord]
+    responses: Sequence[str]
+    parsed: list[ParsedAd]
+    ctx: RewardContext
+    wanted: set[str]
+    offsets: Sequence[np.ndarray | None] | None = None
+    predicted_ctcvr: Sequence[float] | np.ndarray | None = None
+    reference_ctcvr: Sequence[float | None] | np.ndarray | None = None
+    given_verdicts: Sequence[JudgeVerdict | None] | None = None
+    credit: BatchCredit | None = None
+
+    @property
+    def cfg(self) -> RewardConfig:
+        return self.ctx.cfg
+
+    @cached_property
+    def verdicts(self) -> list[JudgeVerdict | None]:
+        """(N,): the caller's verdicts, else ``ctx.judge``'s when a wanted component uses the judge."""
+        cfg, n = self.cfg, len(self.records)
+        if self.given_verdicts is not None:
+            verdicts = list(self.given_verdicts)
+            if len(verdicts) != n:
+                raise ValueError(f"{len(verdicts)} verdicts for {n} responses")
+            return verdicts
+        needs_judge = ("correctness" in self.wanted and cfg.correctness.use_judge) or (
+            "risk_judge" in self.wanted and cfg.risk.use_judge
+        )
+        if needs_judge and self.ctx.judge is not None:
+            reqs = [JudgeRequest.from_record(r, p) for r, p in zip(self.records, self.parsed)]
+            return list(self.ctx.judge.judge_many(reqs))
+        return [None] * n
+
+    @cached_property
+    def risk_hits(self) -> list[list[RiskHit]]:
+        """(N,) blacklist hits: the risk_blacklist component and every response's compliance."""
+        return [find_blacklist_hits(r, self.cfg.risk) for r in self.responses]
+
+
+# (N,) scores from the inputs of N responses; None where a response has no value.
+RewardComponentFn = Callable[[ComponentInputs], list[ComponentScore | None]]
+
+# As verl's ADV_ESTIMATOR_REGISTRY / register_adv_est / get_adv_estimator_fn
+# (verl 0.9.1, verl/trainer/ppo/core_algos.py:113-150). Registration order is computation order, and so the
+# order of every score's ``components``.
+REWARD_COMPONENT_REGISTRY: dict[str, RewardComponentFn] = {}
+BATCH_LEVEL_COMPONENTS: set[str] = set()  # read ``ComponentInputs.credit``: only score_batch has it
+
+
+def register_reward_component(
+    name: str, *, batch_level: bool = False
+) -> Callable[[RewardComponentFn], RewardComponentFn]:
+    """Decorator to register a reward component function under ``name`` (a ``relate.weights`` key).
+
+    batch_level: the function needs the whole batch (``ComponentInputs.credit``), so
+    :func:`score_samples` skips it and :func:`score_batch` computes it. Another function under a
+    registered name raises ValueError; the same one again is a no-op (a module reload).
+    """
+
+    def decorator(fn: RewardComponentFn) -> RewardComponentFn:
+        if name in REWARD_COMPONENT_REGISTRY and REWARD_COMPONENT_REGISTRY[name] != fn:  # core_algos.py:127-130
+            raise ValueError(
+                f"reward component {name!r} has already been registered: {REWARD_COMPONENT_REGISTRY[name]} vs {fn}"
+            )
+        REWARD_COMPONENT_REGISTRY[name] = fn
+        if batch_level:
+            BATCH_LEVEL_COMPONENTS.add(name)
+        return fn
+
+    return decorator
+
+
+def get_reward_component(name: str) -> RewardComponentFn:
+    """The component function registered under ``name``; ValueError listing the known names."""
+    if name not in REWARD_COMPONENT_REGISTRY:
+        raise ValueError(f"unknown reward component {name!r} (known: {', '.join(REWARD_COMPONENT_REGISTRY)})")
+    return REWARD_COMPONENT_REGISTRY[name]
+
+
+def _compute_components(x: ComponentInputs, batch_level: bool) -> list[dict[str, ComponentScore]]:
+    """(N,) {name: score}: the wanted registered components of one level, in registry order."""
+    comps: list[dict[str, ComponentScore]] = [{} for _ in x.responses]
+    for name, fn in REWARD_COMPONENT_REGISTRY.items():
+        if name in x.wanted and (name in BATCH_LEVEL_COMPONENTS) == batch_level:
+            for i, score in enumerate(fn(x)):
+                if score is not None:
+                    comps[i][name] = score
+    return comps
+
+
+@register_reward_component("ctcvr")
+def _score_ctcvr(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.3, (0, 1); skipped, not invented, without a prediction unless the preset weights it."""
+    n = len(x.records)
+    if x.predicted_ctcvr is None:
+        if "ctcvr" in x.cfg.weights:
+            raise ValueError(f"preset '{x.cfg.preset}' weights ctcvr: pass predicted_ctcvr (and reference_ctcvr)")
+        return [None] * n
+    refs = list(x.reference_ctcvr) if x.reference_ctcvr is not None else [None] * n
+    return [ctcvr_reward(float(x.predicted_ctcvr[i]), refs[i], x.cfg.ctcvr) for i in range(n)]
+
+
+@register_reward_component("length")
+def _score_length(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.1, [0, 1]."""
+    return [
+        length_reward(p, r.language, x.cfg.length, x.offsets[i] if x.offsets is not None else None, x.ctx.count_tokens)
+        for i, (r, p) in enumerate(zip(x.records, x.parsed))
+    ]
+
+
+@register_reward_component("format")
+def _score_format(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.1, [0, 1]."""
+    return [format_reward(t, p, r.selling_points, x.cfg.format) for t, p, r in zip(x.responses, x.parsed, x.records)]
+
+
+@register_reward_component("relevance")
+def _score_relevance(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.1, [0, 1]; one encoder pass over the batch."""
+    return list(relevance_scores(x.records, x.parsed, x.ctx.encoders, x.cfg.relevance))
+
+
+@register_reward_component("correctness")
+def _score_correctness(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.1, [0, 1]: the offline claim check, blended with the judge's score when it is used."""
+    cfg = x.cfg.correctness
+    out: list[ComponentScore | None] = []
+    for resp, p, r, v in zip(x.responses, x.parsed, x.records, x.verdicts):
+        corr = offline_correctness(resp, p, r, cfg)
+        if v is not None and cfg.use_judge:
+            jt = [Trigger("judge_failed", v.error or "")] if v.failed else [Trigger("judge_issue", s[:200]) for s in v.issues]
+            corr = correctness_reward(corr, v.score, cfg, jt)
+        out.append(corr)
+    return out
+
+
+@register_reward_component("risk_blacklist")
+def _score_risk_blacklist(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.1, [0, 1]: eq. 5's V^black hits."""
+    return [risk_blacklist_reward(h, x.cfg.risk) for h in x.risk_hits]
+
+
+@register_reward_component("risk_judge")
+def _score_risk_judge(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.1, [0, 1]; None without a verdict or with the judge off."""
+    use, neutral = x.cfg.risk.use_judge, x.cfg.judge.neutral_score
+    return [
+        risk_judge_reward(v.compliant, v.issues, v.failed, neutral) if v is not None and use else None for v in x.verdicts
+    ]
+
+
+@register_reward_component("diversity", batch_level=True)
+def _score_diversity(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Eq. 4, [floor, 0], from the batch's G_high (``x.credit``); its occurrences are the triggers."""
+    c = x.credit
+    out: list[ComponentScore | None] = []
+    for b, text in enumerate(x.responses):
+        trig = [Trigger("high_freq_ngram", text[a:e][:40], (a, e)) for a, e in c.diversity_spans[b]]
+        detail = {"count": int(c.stats.count[b]), "score": round(float(c.stats.diversity_score[b]), 6)}
+        out.append(ComponentScore("diversity", float(c.diversity_penalty[b]), trig, detail))
+    return out
 
 
 # ---- per sample ---------------------------------------------------------------------------------
@@ -170,65 +343,21 @@ def score_samples(
     recs = [_as_record(r) for r in records]
     if len(recs) != len(responses):
         raise ValueError(f"{len(recs)} records but {len(responses)} responses")
-    wanted = _wanted(cfg, compute)
-    n = len(recs)
-    parsed = [parse_ad(r) for r in responses]
-    comps: list[dict[str, ComponentScore]] = [{} for _ in range(n)]
-
-    if "ctcvr" in wanted:
-        if predicted_ctcvr is None:
-            if "ctcvr" in cfg.weights:
-                raise ValueError(f"preset '{cfg.preset}' weights ctcvr: pass predicted_ctcvr (and reference_ctcvr)")
-        else:
-            refs = list(reference_ctcvr) if reference_ctcvr is not None else [None] * n
-            for i in range(n):
-                comps[i]["ctcvr"] = ctcvr_reward(float(predicted_ctcvr[i]), refs[i], cfg.ctcvr)
-
-    for i in range(n):
-        if "length" in wanted:
-            off = offsets[i] if offsets is not None else None
-            comps[i]["length"] = length_reward(parsed[i], recs[i].language, cfg.length, off, ctx.count_tokens)
-        if "format" in wanted:
-            comps[i]["format"] = format_reward(responses[i], parsed[i], recs[i].selling_points, cfg.format)
-
-    if "relevance" in wanted:
-        for i, rel in enumerate(relevance_scores(recs, parsed, ctx.encoders, cfg.relevance)):
-            comps[i]["relevance"] = rel
-
-    needs_judge = ("correctness" in wanted and cfg.correctness.use_judge) or ("risk_judge" in wanted and cfg.risk.use_judge)
-    if verdicts is not None:
-        verdicts = list(verdicts)
-        if len(verdicts) != n:
-            raise ValueError(f"{len(verdicts)} verdicts for {n} responses")
-    elif needs_judge and ctx.judge is not None:
-        verdicts = list(ctx.judge.judge_many([JudgeRequest.from_record(r, p) for r, p in zip(recs, parsed)]))
-    else:
-        verdicts = [None] * n
-
-    hits_all: list[list[RiskHit]] = [[] for _ in range(n)]
-    for i in range(n):
-        v = verdicts[i]
-        if "correctness" in wanted:
-            corr = offline_correctness(responses[i], parsed[i], recs[i], cfg.correctness)
-            if v is not None and cfg.correctness.use_judge:
-                jt = [Trigger("judge_failed", v.error or "")] if v.failed else [Trigger("judge_issue", x[:200]) for x in v.issues]
-                corr = correctness_reward(corr, v.score, cfg.correctness, jt)
-            comps[i]["correctness"] = corr
-        hits_all[i] = find_blacklist_hits(responses[i], cfg.risk)
-        if "risk_blacklist" in wanted:
-            comps[i]["risk_blacklist"] = risk_blacklist_reward(hits_all[i], cfg.risk)
-        if "risk_judge" in wanted and v is not None and cfg.risk.use_judge:
-            comps[i]["risk_judge"] = risk_judge_reward(v.compliant, v.issues, v.failed, cfg.judge.neutral_score)
-
+    x = ComponentInputs(
+        recs, responses, [parse_ad(r) for r in responses], ctx, _wanted(cfg, compute), offsets,
+        predicted_ctcvr, reference_ctcvr, verdicts,
+    )
+    comps = _compute_components(x, batch_level=False)
+    verdicts, hits_all = x.verdicts, x.risk_hits  # (read even when no component did)
     out = []
-    for i in range(n):
+    for i in range(len(recs)):
         values = {c: s.value for c, s in comps[i].items()}
         v = verdicts[i]
         judge_compliant = v.compliant if (v is not None and cfg.risk.use_judge and not v.failed) else None
         out.append(
             SampleScore(
                 response=responses[i],
-                parsed=parsed[i],
+                parsed=x.parsed[i],
                 components=comps[i],
                 sentence_reward=sentence_reward(values, cfg),
                 risk_hits=hits_all[i],
@@ -448,17 +577,12 @@ def score_batch(
         predicted_ctcvr=predicted_ctcvr, reference_ctcvr=reference_ctcvr, compute=compute,
     )
     credit = batch_credit(responses, ids, off, groups, recs, cfg, response_mask=mask, parsed=[s.parsed for s in samples])
-    wanted = _wanted(cfg, compute)
+    x = ComponentInputs(recs, responses, [s.parsed for s in samples], ctx, _wanted(cfg, compute), credit=credit)
+    batch_comps = _compute_components(x, batch_level=True)
     has_token_level = bool(cfg.token_level) and any(c in cfg.weights for c in cfg.token_level)
     out = []
     for b, s in enumerate(samples):
-        comps = dict(s.components)
-        if "diversity" in wanted:
-            trig = [Trigger("high_freq_ngram", responses[b][a:e][:40], (a, e)) for a, e in credit.diversity_spans[b]]
-            comps["diversity"] = ComponentScore(
-                "diversity", float(credit.diversity_penalty[b]), trig,
-                {"count": int(credit.stats.count[b]), "score": round(float(credit.stats.diversity_score[b]), 6)},
-            )
+        comps = {**s.components, **batch_comps[b]}
         spans = [{"span": [a, e], "source": "blacklist", "category": h.category, "text": h.text}
                  for h in s.risk_hits for a, e in [h.span]]
         spans += [{"span": [a, e], "source": "diversity", "text": responses[b][a:e]} for a, e in credit.diversity_spans[b]]

@@ -180,7 +180,7 @@ class RiskConfig:
 
 @dataclass
 class DiversityConfig:
-    """Batch n-gram diversity (diversity.py): G_high, eq. 4 penalty, eq. 5 indicators."""
+    """Batch n-gram diversity (ngram_stats.py, text_filters.py): G_high, eq. 4 penalty, eq. 5 indicators."""
 
     n_min: int = 2  # paper, sec. 3.3.2: n in [2, 10]
     n_max: int = 10

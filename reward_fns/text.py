@@ -156,6 +156,14 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint32)
 
 
+def mark_spans(size: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(size,) bool: union of the half-open spans [starts[i], ends[i]) (ends <= size)."""
+    if len(starts) == 0:
+        return np.zeros(size, dtype=bool)
+    diff = np.bincount(starts, minlength=size + 1) - np.bincount(ends, minlength=size + 1)
+    return np.cumsum(diff[:size]) > 0
+
+
 @dataclass
 class NormalizedBatch:
     """:func:`normalize_chars` of a batch of texts, with the code points of both sides.

@@ -1,4 +1,5 @@
-"""reward_fns.compose: sentence reward per preset, token penalty (eq. 5), single sample == batch."""
+"""reward_fns.compose: sentence reward per preset, token penalty (eq. 5), single sample == batch,
+the component registry."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import pytest
 from relate_common.ad_format import render_ad
 from relate_common.records import AdRecord
 
+import reward_fns.compose as compose
+from reward_fns.compose import REWARD_COMPONENT_REGISTRY, get_reward_component, register_reward_component
 from reward_fns.compose import RewardContext, batch_credit, score_batch, score_samples, sentence_reward
-from reward_fns.config import preset
+from reward_fns.config import COMPONENTS, PRESETS, preset
 from reward_fns.judge import JudgeVerdict
+from reward_fns.types import ComponentScore
 
 
 class FakeEncoder:
@@ -178,3 +182,47 @@ def test_caller_supplied_verdicts_and_scalar_extra_info(tokenizer):
     assert info["compliant"] == 0.0 and info["judge_failed"] == 0.0 and info["reward_diversity"] != info["reward_diversity"]
     with pytest.raises(ValueError):
         score_samples([REC_EN], ["x"], ctx, predicted_ctcvr=[0.01], reference_ctcvr=[0.01], verdicts=[])
+
+
+# ---- the component registry ------------------------------------------------------------------------
+
+
+def test_unknown_component_error_lists_the_known_names():
+    with pytest.raises(ValueError, match="unknown reward component 'lenght'") as err:
+        get_reward_component("lenght")
+    assert all(name in str(err.value) for name in COMPONENTS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_component_resolves(name):
+    cfg = preset(name)
+    for c in [*cfg.weights, *cfg.token_level]:
+        assert get_reward_component(c) is REWARD_COMPONENT_REGISTRY[c]
+    assert set(REWARD_COMPONENT_REGISTRY) == set(COMPONENTS)  # config validates weights against COMPONENTS
+    assert compose.BATCH_LEVEL_COMPONENTS == {"diversity"}
+
+
+def test_registering_a_taken_name_raises():
+    before = dict(REWARD_COMPONENT_REGISTRY)
+    with pytest.raises(ValueError, match="'length' has already been registered"):
+        register_reward_component("length")(lambda x: [None] * len(x.records))
+    assert REWARD_COMPONENT_REGISTRY == before
+    fn = get_reward_component("length")
+    assert register_reward_component("length")(fn) is fn  # the same function again: a no-op (reload)
+    assert REWARD_COMPONENT_REGISTRY == before
+
+
+def test_a_new_component_is_one_decorated_function(tokenizer, monkeypatch):
+    monkeypatch.setattr(compose, "REWARD_COMPONENT_REGISTRY", dict(REWARD_COMPONENT_REGISTRY))
+    monkeypatch.setattr(compose, "BATCH_LEVEL_COMPONENTS", set(compose.BATCH_LEVEL_COMPONENTS))
+
+    @register_reward_component("exclamations")
+    def _score(x):
+        return [ComponentScore("exclamations", float(t.count("!")), []) for t in x.responses]
+
+    ctx = ctx_for("model1", tokenizer)
+    texts = [render_ad("Dental Cleaning!", "From $79! Book today!", "en"), EN_BAD]
+    out = score_samples([REC_EN, REC_EN], texts, ctx, compute=["length", "exclamations"])
+    assert [list(s.components) for s in out] == [["length", "exclamations"]] * 2
+    assert [s.components["exclamations"].value for s in out] == [3.0, 0.0]
+    assert "exclamations" not in REWARD_COMPONENT_REGISTRY  # the module's registry is untouched

@@ -1,4 +1,4 @@
-"""reward_fns.diversity and reward_fns.attribution: G_high, eq. 4, eq. 5, spans <-> tokens."""
+"""reward_fns.ngram_stats and reward_fns.attribution: G_high, eq. 4, eq. 5, spans <-> tokens."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from reward_fns.attribution import (
 )
 from reward_fns.compose import batch_credit
 from reward_fns.config import DiversityConfig, preset
-from reward_fns.diversity import (
+from reward_fns.ngram_stats import (
     batch_ngram_statistics,
     batch_ngram_statistics_reference,
     diversity_penalty,

@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from relate_common.ad_format import parse_ad, render_ad
 from relate_common.records import AdRecord, parse_record
 
-import reward_fns.diversity as diversity
+import reward_fns.ngram_stats as ngram_stats
+import reward_fns.prompt_copies as prompt_copies
+import reward_fns.text_filters as text_filters
 from reward_fns.attribution import (
     _byte_decoder,
     _is_byte_level,
@@ -38,27 +40,20 @@ from reward_fns.attribution import (
 )
 from reward_fns.compose import BatchCredit, _prompt_fields, _prompt_texts, batch_credit
 from reward_fns.config import DiversityConfig, RiskConfig, preset, resolve_config
-from reward_fns.diversity import (
-    CharArrays,
+from reward_fns.ngram_stats import (
     WindowKeys,
-    _ascii_words,
-    _content_chars,
-    _copied_chars_loop,
-    _match_lengths,
     _powers,
-    _stopwords,
     batch_ngram_statistics,
-    content_token_mask,
     diversity_scores,
     group_codes,
     group_threshold,
     high_freq_ngrams,
     ngram_keys,
     statistics_from_keys,
-    text_eligibility,
     token_indicator,
     window_validity,
 )
+from reward_fns.prompt_copies import _copied_chars_loop, _match_lengths
 import reward_fns.risk as risk_mod
 from reward_fns.risk import (
     Lexicon,
@@ -71,6 +66,7 @@ from reward_fns.risk import (
 )
 from reward_fns.text import (
     CP_LIMIT,
+    KeyTable,
     _norm_char,
     char_table,
     code_points,
@@ -78,6 +74,14 @@ from reward_fns.text import (
     label_spans_batch,
     normalize_batch,
     normalize_chars,
+)
+from reward_fns.text_filters import (
+    CharArrays,
+    _ascii_words,
+    _content_chars,
+    _stopwords,
+    content_token_mask,
+    text_eligibility,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -650,7 +654,7 @@ def test_copy_filter_with_every_lookup_a_false_hit(tokenizer, monkeypatch):
     valid = content_token_mask(texts, [parse_ad(t) for t in texts], off, mask, chars)
     _, oks = ngram_keys(ids, valid, cfg.n_min, cfg.n_max)
     want = ref_text_eligibility(texts, off, oks, prompts, cfg, RefCharArrays.build(texts, off))
-    monkeypatch.setattr(diversity._KeyTable, "lookup", lambda self, q: np.zeros(len(q), dtype=np.int64))
+    monkeypatch.setattr(KeyTable, "lookup", lambda self, q: np.zeros(len(q), dtype=np.int64))
     got = text_eligibility(texts, off, oks, prompts, cfg, chars)
     for n in want:
         assert np.array_equal(got[n], want[n]), n
@@ -664,7 +668,7 @@ def test_copy_filter_loop_fallback_for_long_prompts(tokenizer, monkeypatch):
     valid = content_token_mask(texts, [parse_ad(t) for t in texts], off, mask, chars)
     _, oks = ngram_keys(ids, valid, cfg.n_min, cfg.n_max)
     want = ref_text_eligibility(texts, off, oks, prompts, cfg, RefCharArrays.build(texts, off))
-    monkeypatch.setattr(diversity, "_COPY_BUDGET", 10)
+    monkeypatch.setattr(prompt_copies, "_COPY_BUDGET", 10)
     got = text_eligibility(texts, off, oks, prompts, cfg, chars)
     for n in want:
         assert np.array_equal(got[n], want[n]), n
@@ -969,7 +973,7 @@ def test_ascii_words_equal_the_word_regex(texts):
     np.cumsum([len(t) for t in texts], out=bounds[1:])
     a, e = _ascii_words(codes, bounds)
     want = [(int(bounds[b]) + m.start(), int(bounds[b]) + m.end()) for b, t in enumerate(texts)
-            for m in diversity._ASCII_WORD_RE.finditer(t)]
+            for m in text_filters._ASCII_WORD_RE.finditer(t)]
     assert list(zip(a.tolist(), e.tolist())) == want
 
 
@@ -978,8 +982,8 @@ def test_powers_equal_running_products():
     want_p = np.ones(3000, dtype=np.uint64)
     want_q = np.ones(3000, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        want_p[1:] = diversity._P
-        want_q[1:] = diversity._P_INV
+        want_p[1:] = ngram_stats._P
+        want_q[1:] = ngram_stats._P_INV
         np.cumprod(want_p, out=want_p)
         np.cumprod(want_q, out=want_q)
         assert np.array_equal(ppow, want_p) and np.array_equal(qpow, want_q)

@@ -1,0 +1,516 @@
+"""Text filters of the diversity statistics: which tokens and windows may count toward G_high.
+
+Shapes: B responses, L tokens, W_n = L - n + 1 windows of length n, N characters of the batch's
+texts concatenated.
+
+* :func:`content_token_mask` (B, L): tokens inside the response, not a field label, not a line
+  break;
+* :func:`text_eligibility` {n: (B, W_n)}: from the decoded, normalised text, windows with at
+  least ``min_ngram_chars`` letters / digits, at least one of them outside a function word
+  (lexicons/stopwords.yaml), and not touching an n-gram copied from the prompt's own query,
+  bidword or selling points (:mod:`reward_fns.prompt_copies`). Copies are detected on the TEXT,
+  never by tokenising the fields: byte-level BPE gives " free shipping" in context other ids
+  than "free shipping" alone.
+
+Everything works on the whole batch at once: the texts are concatenated and read as code points
+(:class:`CharArrays`' flat views, from reward_fns.text.normalize_batch: a long response does not
+widen every row), with per-code-point tables instead of per-character Python; per-window
+quantities come from prefix sums read at each token's trimmed start / end; function words are
+found by array code and looked up packed into integers (:func:`_ascii_words`). No Python code
+runs per character or per token. tests/test_reward_perf_equivalence.py checks every function
+against the per-response loops it replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from relate_common.ad_format import ParsedAd
+
+from reward_fns.config import DiversityConfig
+from reward_fns.prompt_copies import copied_chars
+from reward_fns.text import (
+    CP_LIMIT,
+    char_table,
+    code_points,
+    label_spans,
+    label_spans_batch,
+    mark_spans,
+    normalize_batch,
+    normalize_chars,
+)
+
+LEXICON_DIR = Path(__file__).parent / "lexicons"
+
+
+@lru_cache(maxsize=4)
+def _stopwords(path: str) -> tuple[frozenset[str], re.Pattern[str] | None]:
+    """(English function words, regex of Chinese function characters) from a stopword file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = LEXICON_DIR / p
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    en = frozenset(normalize_chars(str(w)) for w in data.get("en") or [])
+    zh = [normalize_chars(str(w)) for w in data.get("zh") or []]
+    singles = "".join(re.escape(w) for w in zh if len(w) == 1)
+    multi = [re.escape(w) for w in sorted((w for w in zh if len(w) > 1), key=len, reverse=True)]
+    parts = multi + ([f"[{singles}]"] if singles else [])
+    return en, (re.compile("|".join(parts)) if parts else None)
+
+
+@lru_cache(maxsize=4)
+def _stopword_chars(path: str) -> tuple[np.ndarray, re.Pattern[str] | None]:
+    """(bool table over code points: one-character Chinese function words, regex of the longer ones).
+
+    Equivalent to scanning with :func:`_stopwords`' regex (longer words first, then the
+    character class): at a position where no longer word matches, that regex takes one character
+    or moves on by one, so the longer words it finds are exactly those a regex of the longer
+    words alone finds, and every function character outside them is matched on its own.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = LEXICON_DIR / p
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    zh = [normalize_chars(str(w)) for w in data.get("zh") or []]
+    table = np.zeros(CP_LIMIT, dtype=bool)
+    table[[ord(w) for w in zh if len(w) == 1]] = True
+    multi = [re.escape(w) for w in sorted((w for w in zh if len(w) > 1), key=len, reverse=True)]
+    return table, (re.compile("|".join(multi)) if multi else None)
+
+
+_ASCII_WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_ASCII_WORD_SPLIT = re.compile(f"({_ASCII_WORD_RE.pattern})")  # split() keeps the words
+
+
+def _flat_cumsum(x: np.ndarray) -> np.ndarray:
+    """(N,) -> (N + 1,) int32 prefix sums starting at 0."""
+    out = np.zeros(len(x) + 1, dtype=np.int32)
+    np.cumsum(x, dtype=np.int32, out=out[1:])
+    return out
+
+
+# Character classes of _ASCII_WORD_RE: 1 a-z, 2 0-9, 3 the apostrophe, 0 anything else.
+_WORD_CLASS = np.zeros(128, dtype=np.uint8)
+_WORD_CLASS[ord("a") : ord("z") + 1] = 1
+_WORD_CLASS[ord("0") : ord("9") + 1] = 2
+_WORD_CLASS[ord("'")] = 3
+# A word of up to _PACK_LEN characters as one integer: 6 bits per character (a-z 1..26, 0-9
+# 27..36, ' 37), exact.
+_PACK_LEN = 10
+_PACK_SYMBOL = np.zeros(128, dtype=np.uint64)
+_PACK_SYMBOL[ord("a") : ord("z") + 1] = np.arange(1, 27)
+_PACK_SYMBOL[ord("0") : ord("9") + 1] = np.arange(27, 37)
+_PACK_SYMBOL[ord("'")] = 37
+
+
+def _ascii_words(codes: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spans (start (K,), end (K,)) int64 of ``_ASCII_WORD_RE.finditer`` over every text, in
+    flat positions; codes: (N,) code points of the texts concatenated, text b is
+    ``[bounds[b], bounds[b + 1])``.
+
+    The regex's words are the runs of [a-z0-9], except around an apostrophe: a match that ends
+    a run goes on over "'" and the letters that start the next run (``'[a-z]+``) when that run
+    follows the apostrophe directly and starts with a letter; such a run then starts a word of
+    its own only after those letters (at a digit), and when the letters were the whole run the
+    match that took them ends there, so it cannot take the suffix of the run after it in turn.
+    """
+    N = len(codes)
+    cls = _WORD_CLASS.take(np.minimum(codes, 127))  # 127 (DEL) is in no class
+    word = (cls == 1) | (cls == 2)
+    first = np.zeros(N, dtype=bool)  # first character of a text
+    first[bounds[:-1][np.diff(bounds) > 0]] = True
+    before = np.empty(N, dtype=bool)  # the previous character, in the same text, is a word character
+    before[:1] = False
+    before[1:] = word[:-1]
+    before &= ~first
+    after = np.empty(N, dtype=bool)  # the next character, in the same text, is a word character
+    after[-1:] = False
+    after[:-1] = word[1:] & ~first[1:]
+    st = np.flatnonzero(word & ~before)  # runs [st, en)
+    en = np.flatnonzero(word & ~after) + 1
+    if st.size == 0:
+        return st, en
+    # Run r is linked when "'" sits between it and run r - 1 and it starts with a letter.
+    link = np.zeros(st.size, dtype=bool)
+    link[1:] = (en[:-1] == st[1:] - 1) & (cls.take(st[1:]) == 1) & (codes.take(st[1:] - 1) == ord("'"))
+    link[1:] &= ~(first.take(st[1:] - 1) | first.take(st[1:]))  # the apostrophe in the same text as both runs
+    starts = st.copy()
+    ends = en.copy()
+    has_word = np.ones(st.size, dtype=bool)
+    linked = np.flatnonzero(link)
+    if linked.size:  # rare
+        end_l = en.take(linked)
+        j = st.take(linked)  # -> the end of each linked run's leading letters
+        go = np.ones(linked.size, dtype=bool)
+        while go.any():
+            go &= j < end_l
+            go &= cls.take(np.minimum(j, N - 1)) == 1
+            j += go
+        taken_whole = {}  # run -> its letters were all taken as a suffix
+        for r, jr, er in zip(linked.tolist(), j.tolist(), end_l.tolist()):  # in order: a chain
+            if taken_whole.get(r - 1, False):
+                continue  # the previous match ended with a suffix: no second one
+            ends[r - 1] = jr  # the match over run r - 1 goes on to the end of the letters
+            taken_whole[r] = jr == er
+            if jr == er:
+                has_word[r] = False
+            else:
+                starts[r] = jr
+        keep = np.flatnonzero(has_word)
+        starts, ends = starts.take(keep), ends.take(keep)
+    return starts, ends
+
+
+def _pack_words(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, upto: int = _PACK_LEN) -> np.ndarray:
+    """(K,) uint64 keys of the words [starts, ends) (characters from [a-z0-9']) of at most
+    ``upto`` <= _PACK_LEN characters: 6 bits per character, distinct words distinct keys;
+    longer words get 2^63 + 1, which no word packs to."""
+    length = ends - starts
+    key = np.full(len(starts), 2**63 + 1, dtype=np.uint64)
+    short = np.flatnonzero(length <= upto)
+    s, n = starts.take(short), length.take(short)
+    last = s + np.maximum(n - 1, 0)
+    k = np.zeros(len(short), dtype=np.uint64)
+    for j in range(upto):
+        sym = _PACK_SYMBOL.take(codes.take(np.minimum(s + j, last)))  # inside the word: ASCII
+        sym *= (n > j).astype(np.uint64)
+        sym <<= np.uint64(6 * j)
+        k |= sym
+    key[short] = k
+    return key
+
+
+@lru_cache(maxsize=4)
+def _stopword_keys(path: str) -> np.ndarray | None:
+    """Sorted :func:`_pack_words` keys of the English function words (None: one is too long to
+    pack; words with other characters can never be a ``_ASCII_WORD_RE`` word and are left out)."""
+    en, _ = _stopwords(path)
+    words = [w for w in en if w and all(ord(c) < 128 and _PACK_SYMBOL[ord(c)] for c in w)]
+    if any(len(w) > _PACK_LEN for w in words):
+        return None
+    codes = code_points("".join(words))
+    lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    ends = np.cumsum(lens)
+    return np.unique(_pack_words(codes, ends - lens, ends))
+
+
+@lru_cache(maxsize=4)
+def _stopword_len(path: str) -> int:
+    """Characters of the longest English function word of :func:`_stopword_keys`."""
+    en, _ = _stopwords(path)
+    return max((len(w) for w in en if w and all(ord(c) < 128 and _PACK_SYMBOL[ord(c)] for c in w)), default=0)
+
+
+def _content_flat(chars: "CharArrays", stopwords: str | None) -> np.ndarray:
+    """(N,) bool over the flat characters: letters / digits that are not inside a function word.
+
+    English function words are whole ASCII words (``_ASCII_WORD_RE``) looked up in a set;
+    Chinese ones are single characters (a table look-up) or, if the file has longer ones, a regex.
+    The words of the whole batch come from array code (:func:`_ascii_words`), each packed into
+    an integer and looked up among the function words' (:func:`_pack_words`); a stopword file
+    with words too long to pack uses one ``split`` over the batch joined by NUL (which no
+    normalised text holds, and no word pattern matches) instead.
+    """
+    alnum = chars.flat_alnum
+    if not stopwords:
+        return alnum.copy()
+    en, _ = _stopwords(stopwords)
+    single, multi = _stopword_chars(stopwords)
+    stop = single.take(chars.norm_codes)  # (N,)
+    codes = chars.norm_codes
+    stop_keys = _stopword_keys(stopwords)
+    if stop_keys is not None:
+        a, e = _ascii_words(codes, chars.bounds)
+        key = _pack_words(codes, a, e, _stopword_len(stopwords))  # longer words: no function word
+        at = np.minimum(np.searchsorted(stop_keys, key), max(len(stop_keys) - 1, 0))
+        hit = np.flatnonzero(stop_keys.take(at) == key) if len(stop_keys) else np.zeros(0, dtype=np.int64)
+        stop |= mark_spans(len(stop), a.take(hit), e.take(hit))
+    spans_a: list[np.ndarray] = []
+    spans_e: list[np.ndarray] = []
+    joined = "\x00".join(chars.texts) if (stop_keys is None or multi is not None) else ""
+    if stop_keys is None:  # text b's character c is joined[bounds[b] + b + c]
+        parts = _ASCII_WORD_SPLIT.split(joined)
+        if len(parts) > 1:
+            ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))
+            words = parts[1::2]
+            is_stop = np.fromiter(map(en.__contains__, words), dtype=bool, count=len(words))
+            spans_a.append(ends[0:-1:2][is_stop])  # end of the piece before each word
+            spans_e.append(ends[1::2][is_stop])
+    if multi is not None:
+        found = [m.span() for m in multi.finditer(joined)]
+        if found:
+            arr = np.asarray(found, dtype=np.int64)
+            spans_a.append(arr[:, 0])
+            spans_e.append(arr[:, 1])
+    if spans_a:
+        marked = mark_spans(len(joined), np.concatenate(spans_a), np.concatenate(spans_e))
+        stop |= marked[np.arange(len(stop)) + chars.rows]  # drop the B - 1 separators
+    return alnum & ~stop
+
+
+def _content_chars(chars: "CharArrays", stopwords: str | None) -> np.ndarray:
+    """(B, width) bool: :func:`_content_flat` laid out per response."""
+    return chars.to_rows(_content_flat(chars, stopwords))
+
+
+@dataclass
+class CharArrays:
+    """Character-level views of a batch of responses, computed once per batch.
+
+    texts: normalised responses; nonspace / alnum: (B, width) bool; tok_start / tok_end: (B, L)
+    each token's span with outer whitespace trimmed (end <= start for whitespace-only tokens).
+
+    The batch code works on the flat views (the texts concatenated, N characters, so that one
+    long response does not make every row long): bounds (B + 1,) (text b is
+    ``[bounds[b], bounds[b + 1])``), codes / norm_codes (N,) uint32 code points of the original /
+    normalised texts, rows (N,) the text of each character, flat_nonspace / flat_alnum (N,)
+    bool. ``nonspace`` and ``alnum`` are laid out per response only when read.
+    """
+
+    texts: list[str]
+    width: int
+    nonspace: np.ndarray | None = None
+    alnum: np.ndarray | None = None
+    tok_start: np.ndarray | None = None
+    tok_end: np.ndarray | None = None
+    bounds: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    norm_codes: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    flat_nonspace: np.ndarray | None = None
+    flat_alnum: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, responses: Sequence[str], offsets: np.ndarray) -> "CharArrays":
+        nb = normalize_batch(responses)
+        B = len(responses)
+        lens = np.diff(nb.bounds)
+        width = int(lens.max(initial=0)) + 1
+        table = char_table()
+        table.ensure(nb.norm_codes)
+        out = cls(nb.texts, width, bounds=nb.bounds, codes=nb.codes, norm_codes=nb.norm_codes,
+                  rows=np.repeat(np.arange(B, dtype=np.int64), lens),
+                  flat_nonspace=table.nonspace.take(nb.norm_codes), flat_alnum=table.alnum.take(nb.norm_codes))
+        out.tok_start, out.tok_end, *flat = _trimmed_token_spans_flat(out, np.asarray(offsets, dtype=np.int64))
+        out.__dict__["_flat_tokens"] = tuple(flat)
+        return out
+
+    def to_rows(self, flat: np.ndarray) -> np.ndarray:
+        """(N,) per-character values -> (B, width), zero past each text."""
+        B = len(self.texts)
+        lens = np.diff(self.bounds)
+        out = np.zeros(B * self.width, dtype=flat.dtype)
+        out[np.arange(len(flat), dtype=np.int64) + self.rows * self.width - np.repeat(self.bounds[:-1], lens)] = flat
+        return out.reshape(B, self.width)
+
+    def flat_index(self, pos: np.ndarray) -> np.ndarray:
+        """(B, L) positions (>= 0) in each text -> indices into (N + 1,) flat prefix sums: past
+        a text's end (where a row of width ``width`` holds nothing) reads as its end."""
+        out = np.minimum(pos, np.diff(self.bounds)[:, None])
+        out += self.bounds[:-1][:, None]
+        return out
+
+    def flat_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """(``flat_index(tok_start)``, ``flat_index(tok_end)``), computed once (the content mask,
+        the eligibility and the copy scan all read them)."""
+        got = self.__dict__.get("_flat_tokens")
+        if got is None:
+            got = self.__dict__["_flat_tokens"] = (self.flat_index(self.tok_start), self.flat_index(self.tok_end))
+        return got
+
+
+def _cached_rows(name: str, flat_name: str):
+    key = "_" + name
+
+    def get(self: CharArrays) -> np.ndarray | None:
+        value = self.__dict__.get(key)
+        if value is None and getattr(self, flat_name) is not None:
+            value = self.__dict__[key] = self.to_rows(getattr(self, flat_name))
+        return value
+
+    def set_(self: CharArrays, value: np.ndarray | None) -> None:
+        self.__dict__[key] = value
+
+    return property(get, set_)
+
+
+CharArrays.nonspace = _cached_rows("nonspace", "flat_nonspace")  # type: ignore[assignment]
+CharArrays.alnum = _cached_rows("alnum", "flat_alnum")  # type: ignore[assignment]
+
+
+def _as_flat(chars: CharArrays | None, responses: Sequence[str], offsets: np.ndarray) -> CharArrays:
+    """``chars`` if it has the flat views (built by :meth:`CharArrays.build`), else built here."""
+    if chars is not None and chars.bounds is not None and chars.flat_alnum is not None:
+        return chars
+    return CharArrays.build(responses, offsets)
+
+
+def content_token_mask(
+    responses: Sequence[str],
+    parsed: Sequence[ParsedAd] | None,
+    offsets: np.ndarray,
+    mask: np.ndarray,
+    chars: CharArrays | None = None,
+) -> np.ndarray:
+    """(B, L) bool: tokens that may be part of an n-gram.
+
+    A token counts when it is inside the response (``mask``), has a non-empty character span,
+    and its characters (leading / trailing spaces trimmed) avoid the field labels ("Title: ",
+    "标题：") and line breaks. Labels are fixed by the format: every response shares them.
+    parsed: ``parse_ad`` of every response, or None to find the labels batch-wise
+    (:func:`reward_fns.text.label_spans_batch`, the same spans).
+    """
+    chars = _as_flat(chars, responses, offsets)
+    width = chars.width
+    N = len(chars.codes)
+    if parsed is None:
+        rows, a_lab, e_lab = label_spans_batch(responses)
+    else:
+        spans = [(b, a, e) for b, (resp, p) in enumerate(zip(responses, parsed)) for a, e in label_spans(resp, p)]
+        rows, a_lab, e_lab = np.asarray(spans, dtype=np.int64).reshape(-1, 3).T
+    base = chars.bounds.take(rows)
+    noncontent = mark_spans(N, base + a_lab, base + e_lab)
+    codes = chars.codes
+    noncontent |= (codes == 10) | (codes == 13)  # line breaks (\r, \n) of the original text
+    cum = _flat_cumsum(noncontent)
+    s_tok, e_tok = chars.tok_start, chars.tok_end
+    raw_s = np.maximum(offsets[..., 0], 0)
+    np.minimum(raw_s, width - 1, out=raw_s)
+    raw_e = np.maximum(offsets[..., 1], 0)
+    np.minimum(raw_e, width - 1, out=raw_e)
+    ok = np.asarray(mask, dtype=bool) & (raw_e > raw_s)
+    has = e_tok > s_tok
+    # No label / line break inside: the trimmed span [s_tok, e_tok) when it has characters (then
+    # inside its text: flat_tokens), else the raw one (whitespace tokens: few, done apart).
+    fs, fe = chars.flat_tokens()
+    raw = np.flatnonzero(ok & ~has)
+    ok &= has
+    ok &= cum.take(fe) == cum.take(fs)
+    if raw.size:
+        row = raw // raw_s.shape[1]
+        end, base = chars.bounds.take(row + 1), chars.bounds.take(row)
+        a = np.minimum(raw_s.ravel().take(raw) + base, end)  # flat_index of the raw span
+        e = np.minimum(raw_e.ravel().take(raw) + base, end)
+        ok.ravel()[raw] = cum.take(e) == cum.take(a)
+    return ok
+
+
+def _trimmed_token_spans_flat(
+    chars: CharArrays, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per token, its span with leading / trailing whitespace removed: (start (B, L), end (B, L)),
+    and the same as flat positions (``chars.flat_index`` of both: see :meth:`CharArrays.flat_tokens`).
+
+    start: the next non-space character at or after the token's start in its text (``width``
+    if none); end: one past the last non-space character before its end (0 if none); so a
+    whitespace-only token gets end <= start. Offsets are clipped to [0, width - 1] / [0, width]
+    as for a (B, width) layout; past a text's end (where such a row holds nothing) they read as
+    its end. Running minima / maxima over the flat characters, one gather per token.
+    """
+    width = chars.width
+    N = len(chars.flat_nonspace)
+    lens = np.diff(chars.bounds)[:, None]
+    base = chars.bounds[:-1][:, None]
+    end = chars.bounds[1:][:, None]
+    # int32 positions where they fit: half the memory traffic of the running minima / maxima
+    small = np.int32 if N < 2**31 - 1 else np.int64
+    nonspace = chars.flat_nonspace
+    nxt = np.empty(N + 1, dtype=small)  # next non-space at or after f (N: none); nxt[f] >= f
+    nxt[N] = N
+    np.copyto(nxt[:N], np.arange(N, dtype=small))
+    nxt[:N][~nonspace] = N
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    prv = np.zeros(N + 1, dtype=small)  # (last non-space before f) + 1 (0: none)
+    np.maximum.accumulate(np.arange(1, N + 1, dtype=small) * nonspace, out=prv[1:])
+    f = np.maximum(offsets[..., 0], 0)
+    np.minimum(f, lens, out=f)
+    f += base
+    fs = nxt.take(f).astype(np.int64)  # >= the token's start, so >= its text's start
+    s = fs - base
+    s[fs >= end] = width  # past the text's end: none in this text
+    np.minimum(fs, end, out=fs)
+    f = np.maximum(offsets[..., 1], 0)
+    np.minimum(f, lens, out=f)
+    f += base
+    fe = prv.take(f).astype(np.int64)  # <= the token's end, so <= its text's end
+    np.maximum(fe, base, out=fe)
+    return s, fe - base, fs, fe
+
+
+def text_eligibility(
+    responses: Sequence[str],
+    offsets: np.ndarray,
+    oks: dict[int, np.ndarray],
+    prompt_texts: Sequence[str] | None,
+    cfg: DiversityConfig,
+    chars: CharArrays | None = None,
+) -> dict[int, np.ndarray]:
+    """{n: (B, W_n) bool}: windows with >= ``min_ngram_chars`` letters/digits, at least one of
+    them outside a function word, and not copied from the prompt.
+
+    responses: the decoded texts; offsets: (B, L, 2) character spans of the tokens; oks: the
+    window validity from :func:`reward_fns.ngram_stats.ngram_keys`; prompt_texts: per response,
+    the prompt's fields joined (see :func:`prompt_text`), or None to skip the copy filter.
+
+    The copy test is on normalised text: a window is a copy when its characters, trimmed of
+    outer spaces, occur in the prompt text. Copies that would count as n-grams (enough letters,
+    a content word) mark their characters as copied, and every window touching a copied
+    character is dropped, so neither a copy nor a window reaching into it enters G_high, and
+    the copied tokens are never penalised. For a fixed start a longer window contains the
+    shorter one, so the scan stops at the first length that is not a copy
+    (:func:`reward_fns.prompt_copies.copied_chars`).
+
+    Counts per window come from prefix sums over the characters read at each token's trimmed
+    start and end: window [t, t + n) spans [s, e) = [s_tok[t], max(e_tok[t + n - 1], s_tok[t])),
+    and prefix sums never decrease, so cum[max(e, s)] = max(cum[e], cum[s]).
+    """
+    B = len(responses)
+    chars = _as_flat(chars, responses, offsets)
+    fs, fe = chars.flat_tokens()
+    ns = sorted(oks)
+    alnum_cum = _flat_cumsum(chars.flat_alnum)
+    content_cum = _flat_cumsum(_content_flat(chars, cfg.stopwords))
+    a_s, a_e = alnum_cum.take(fs), alnum_cum.take(fe)
+    c_s, c_e = content_cum.take(fs), content_cum.take(fe)
+    k = int(cfg.min_ngram_chars) if float(cfg.min_ngram_chars).is_integer() else math.ceil(cfg.min_ngram_chars)
+    need = a_s + k  # letters >= k  <=>  a_e >= a_s + k (k > 0; always true otherwise)
+    out: dict[int, np.ndarray] = {}
+    for n in ns:
+        W = oks[n].shape[1]
+        if W == 0:
+            out[n] = np.zeros((B, 0), dtype=bool)
+            continue
+        o = oks[n] & (c_e[:, n - 1 : n - 1 + W] > c_s[:, :W])  # a letter outside function words
+        if k > 0:
+            o &= a_e[:, n - 1 : n - 1 + W] >= need[:, :W]
+        out[n] = o
+    if cfg.exclude_prompt_copies and prompt_texts is not None and ns:
+        copied_cum = _flat_cumsum(copied_chars(chars, oks, out, prompt_texts, ns, fs, fe))
+        # Exclude every window that touches a copied n-gram, not only the copies themselves:
+        # "，全国包邮" or "shipping today" around a copied "全国包邮" / "free shipping" would
+        # otherwise carry the prompt's words into G_high through their neighbours.
+        p_s, p_e = copied_cum.take(fs), copied_cum.take(fe)
+        for n in ns:
+            W = oks[n].shape[1]
+            if W:
+                out[n] &= p_e[:, n - 1 : n - 1 + W] <= p_s[:, :W]
+    return out
+
+
+def prompt_text(query: str, bidword: str, selling_points: Sequence[str]) -> str:
+    """The prompt fields an n-gram may be copied from, normalised, joined by NUL.
+
+    NUL never occurs in a normalised response (control characters normalise to spaces), so a
+    window can never match across two fields.
+    """
+    return "\x00".join(normalize_chars(x) for x in (query, bidword, *selling_points))
