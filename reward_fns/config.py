@@ -99,7 +99,7 @@ class RelevanceConfig:
     """Relevance reward (relevance.py): encoder similarity + lexical bidword coverage, in [0, 1]."""
 
     # Encoder spec per language, for ctcvr_model.encoders.load_encoder. Offline default for both
-    # (DESIGN.md sec. 4): the multilingual USE, because MiniLM maps Chinese to [UNK]; one encoder
+    # (a PyPI wheel, no model hub): the multilingual USE, because MiniLM maps Chinese to [UNK]; one encoder
     # for both languages also keeps one similarity scale across a mixed batch. GPU users: set
     # "Qwen/Qwen3-Embedding-0.6B" (the paper's encoder) and recalibrate cos_floor / cos_ceil.
     encoder: dict[str, str] = field(default_factory=lambda: {"zh": "use-multilingual", "en": "use-multilingual"})
@@ -198,7 +198,7 @@ class DiversityConfig:
     # (lexicons/stopwords.yaml): " with a" or "的是" is grammar, not a template. None: off.
     stopwords: str | None = "stopwords.yaml"
     # Drop n-gram occurrences whose text is copied from the prompt's own query, bidword or
-    # selling points: that is relevance, not templating (DESIGN.md sec. 2).
+    # selling points: that is relevance, not templating.
     exclude_prompt_copies: bool = True
     # ours: eq. 4's Delta_d per G_high occurrence. A 5-token template contains 10 n-grams of
     # n = 2..5, so it costs 0.5; ``floor`` bounds the sentence-level penalty to [-1, 0].
@@ -430,3 +430,22 @@ def resolve_config(config: "RewardConfig | str | dict[str, Any] | None") -> Rewa
     if isinstance(config, dict):
         return RewardConfig.from_dict(config)
     raise ConfigError(f"cannot build a reward config from {type(config).__name__}")
+
+
+def load_cli_config(path: str | Path | None, preset_name: str | None) -> RewardConfig:
+    """The config of a CLI's ``--config FILE --preset NAME`` (``reward_fns.score``, ``recipe.relate.evaluate``).
+
+    The file (a ``relate:`` section or its content) is read first; ``--preset`` then picks the preset,
+    whose Table-2 weights the file's own entries override. Neither: the 'relate' preset.
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        data = dict((loaded["relate"] if set(loaded) == {"relate"} else loaded) or {})
+    if preset_name:
+        data["preset"] = preset_name
+    return RewardConfig.from_dict(data)

@@ -37,14 +37,58 @@ def ctcvr_reward_values(pred: np.ndarray | float, ref: np.ndarray | float, cfg: 
     return np.where(np.isnan(p) | np.isnan(r), 0.5, out)
 
 
+class MissingReference(ValueError):
+    """A record without a reference ad where the ctcvr component needs one (and no fallback is set)."""
+
+
+def fallback_reference(cfg: CTCVRConfig, record_id: str | None = None) -> float:
+    """The reference pCTCVR of a record that has no reference ad: ``relate.ctcvr.fallback_reference``.
+
+    One rule for every door (the verl reward manager, ``reward_fns.score``, ``recipe.relate.evaluate``):
+    never an estimate from other rows; without a configured fallback it is an input error.
+    """
+    if cfg.fallback_reference is None:
+        who = f"record '{record_id}'" if record_id is not None else "a record"
+        raise MissingReference(
+            f"{who} has no reference ad (title + description): the ctcvr reward compares the predicted CTCVR "
+            "with the reference ad's; add the reference ad to the record, or set relate.ctcvr.fallback_reference")
+    return float(cfg.fallback_reference)
+
+
+def reference_ad(record: Any) -> tuple[str, str] | None:
+    """(title, description) of the record's reference ad, or None when it has none."""
+    return (record.title, record.description) if record.title and record.description else None
+
+
+def predict_with_reference(scorer: Any, records: list[Any], responses: list[str], is_reference: list[bool],
+                           cfg: CTCVRConfig, cache: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted pCTCVR (N,), reference pCTCVR (N,)) of N generated ads: the one reference rule.
+
+    Reference of row i: its own prediction when the row IS the record's reference ad
+    (``is_reference[i]``, e.g. a baseline set of reference ads); else the scorer's prediction of the
+    record's reference ad (scored once per record id, kept in ``cache`` when one is given, so a
+    trainer scores each reference ad once per run); else :func:`fallback_reference`.
+    """
+    from relate_common.ad_format import parse_ad
+
+    parsed = [parse_ad(r) for r in responses]
+    _, pred = scorer.score([scorer_item(rec, p.title, p.description) for rec, p in zip(records, parsed)])
+    pred = np.asarray(pred, dtype=np.float64)
+    by_id = {} if cache is None else cache
+    todo = {rec.id: rec for rec, own in zip(records, is_reference)
+            if not own and rec.id not in by_id and reference_ad(rec)}
+    if todo:
+        _, ref_pred = scorer.score([scorer_item(r, *reference_ad(r)) for r in todo.values()])
+        by_id.update({rid: float(p) for rid, p in zip(todo, ref_pred)})
+    ref = [float(pred[i]) if own else by_id[rec.id] if rec.id in by_id else fallback_reference(cfg, rec.id)
+           for i, (rec, own) in enumerate(zip(records, is_reference))]
+    return pred, np.asarray(ref, dtype=np.float64)
+
+
 def ctcvr_reward(pred: float, ref: float | None, cfg: CTCVRConfig) -> ComponentScore:
-    """CTCVR component for one response (see module docstring)."""
+    """CTCVR component for one response (see module docstring); ``ref`` None: :func:`fallback_reference`."""
     if ref is None:
-        if cfg.fallback_reference is None:
-            raise ValueError(
-                "ctcvr reward needs the record's reference-ad CTCVR (or relate.ctcvr.fallback_reference)"
-            )
-        ref = cfg.fallback_reference
+        ref = fallback_reference(cfg)
     value = float(ctcvr_reward_values(pred, ref, cfg))
     lr = float(log_ratio(pred, ref, cfg.eps))
     triggers = [Trigger("below_reference", f"pred {pred:.3g} < ref {ref:.3g}")] if lr < 0 else []

@@ -8,6 +8,8 @@ Table 3 (sec. 4.4, per configuration):
                          (risk = blacklist component, and the judge's when it ran)  [0, 1]
 Table 1 (sec. 4.2):
   * compliance rate    = share of texts with the compliance flag (eq. 11)   [0, 1]
+                         (ours: an empty ad, with no title, description or other text,
+                         is never compliant; it has nothing that could pass screening)
   * diversity          = as above
   * delta CTCVR        = (mean CTCVR of the set - mean of the baseline) / mean of the baseline (eq. 10)
 

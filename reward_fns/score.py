@@ -3,18 +3,22 @@
     python -m reward_fns.score --input GEN.jsonl --output SCORED.jsonl [--preset relate]
         [--config FILE] [--ctcvr-model DIR] [--tokenizer DIR] [--summary-json F] [--skip-invalid]
 
-Input rows (JSONL, CSV or parquet) carry the record fields (id, query, bidword, selling_points,
-language, landing_page, ...) and the generated ad, either as ``response`` (the raw model text) or
-as ``title`` + ``description`` (rendered with relate_common.ad_format.render_ad). Optional:
-``group_id`` (default: the record id, so the G samples of one prompt form one group).
+Input rows (JSONL, CSV or parquet; read by ``reward_fns.generated``) carry the record fields (id,
+query, bidword, selling_points, language, landing_page, ...) and the generated ad, either as
+``response`` (the raw model text) or as ``title`` + ``description`` (rendered with
+relate_common.ad_format.render_ad). Optional: ``group_id`` (default: the record id, so the G
+samples of one prompt form one group). An empty, whitespace or null ad is model output and is
+scored (format invalid, lowest reward); only an absent ad field is an input error.
 
 Output rows: the input fields, ``response``, every component value, ``sentence_reward`` under the
 chosen preset, ``diversity_score``, ``compliant``, the triggers and the penalised character spans
 (blacklist and G_high occurrences), and ``token_penalty`` for presets with token-level rewards.
 
-CTCVR: with ``--ctcvr-model`` the ctcvr_model scorer predicts the generated ad and the record's
-reference ad (when the row has a separate ``response`` and the record holds a reference
-title / description); without it CTCVR is reported as n/a. Nothing is ever estimated.
+CTCVR: with ``--ctcvr-model`` the ctcvr_model scorer predicts each generated ad, and the reference
+pCTCVR follows ``reward_fns.ctcvr.predict_with_reference``, the same rule as the verl reward
+manager: a row given as title + description is its own reference, else the record's reference ad
+is scored, else ``relate.ctcvr.fallback_reference`` (none configured: exit 2 naming the record).
+Without ``--ctcvr-model`` CTCVR is reported as n/a. Nothing is ever estimated.
 
 Exit codes: 0 ok; 2 invalid input (the message names the row and the field), unless
 --skip-invalid, which skips such rows and reports them.
@@ -31,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from relate_common.ad_format import render_ad
 from relate_common.jsonio import jsonable
-from relate_common.records import AdRecord, RecordError, parse_record, read_rows
+from relate_common.records import RecordError
 
-from reward_fns.config import ConfigError, RewardConfig
+from reward_fns.config import ConfigError, RewardConfig, load_cli_config
+from reward_fns.ctcvr import MissingReference
+from reward_fns.generated import GeneratedAds, read_generated
 from reward_fns.metrics import format_summary, table1, table3
 
 
@@ -52,97 +57,36 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_config(path: str | None, preset_name: str | None) -> RewardConfig:
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping")
-        data = loaded.get("relate", loaded) if set(loaded) == {"relate"} else loaded
-        data = dict(data or {})
-    if preset_name:
-        data["preset"] = preset_name
-    return RewardConfig.from_dict(data)
-
-
-def read_generated(path: str, skip_invalid: bool) -> tuple[list[AdRecord], list[str], list[Any], list[dict], list[RecordError]]:
-    """(records, responses, group ids, raw rows, rejected) from a generated-ads file."""
-    records, responses, groups, raws, rejected = [], [], [], [], []
-    for row_no, raw in read_rows(path):
-        try:
-            if isinstance(raw, RecordError):
-                raise raw
-            rec = parse_record(raw, source=str(path), row=row_no)
-            response = raw.get("response")
-            if response is not None and not isinstance(response, str):
-                raise RecordError(str(path), row_no, "response", f"expected a string, got {type(response).__name__}")
-            if response is None:
-                for name in ("title", "description"):
-                    if not rec.__dict__[name]:
-                        raise RecordError(str(path), row_no, name, "missing: a row needs 'response' or 'title' + 'description'")
-                response = render_ad(rec.title, rec.description, rec.language)
-            records.append(rec)
-            responses.append(response)
-            gid = raw.get("group_id")
-            groups.append(str(gid) if gid is not None else rec.id)
-            raws.append(raw)
-        except RecordError as err:
-            if not skip_invalid:
-                raise
-            rejected.append(err)
-    return records, responses, groups, raws, rejected
-
-
-def _ctcvr(model_dir: str | None, records: list[AdRecord], responses: list[str], raws: list[dict]) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """(predicted (N,), reference (N,) or None, note). None predicted = n/a."""
+def _ctcvr(model_dir: str | None, ads: GeneratedAds, cfg: RewardConfig) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(predicted (N,), reference (N,), note); None = n/a (no scorer). The reference rule is
+    ``reward_fns.ctcvr.predict_with_reference``'s, the same as the verl reward manager's."""
     if not model_dir:
         return None, None, "n/a (no --ctcvr-model)"
-    from reward_fns.ctcvr import load_ctcvr_scorer, scorer_item
+    from reward_fns.ctcvr import load_ctcvr_scorer, predict_with_reference
 
     scorer = load_ctcvr_scorer(model_dir)
     if scorer is None:
         return None, None, "n/a (ctcvr_model provides no CTCVRScorer)"
-    from relate_common.ad_format import parse_ad
-
-    items = []
-    for rec, resp in zip(records, responses):
-        p = parse_ad(resp)
-        items.append(scorer_item(rec, p.title, p.description))
-    _, pred = scorer.score(items)
-    # A reference exists only when the generated ad came as 'response' and the record holds a
-    # reference title / description; rows given as title + description ARE their own reference.
-    ref_idx = [i for i, (rec, raw) in enumerate(zip(records, raws)) if "response" in raw and rec.title and rec.description]
-    ref = None
-    if ref_idx:
-        ref_items = [scorer_item(records[i], records[i].title, records[i].description) for i in ref_idx]
-        _, ref_pred = scorer.score(ref_items)
-        ref = np.full(len(records), np.nan)
-        ref[ref_idx] = ref_pred
-    elif records:
-        ref = np.asarray(pred, dtype=np.float64).copy()  # the rows are the reference ads themselves
-    return np.asarray(pred, dtype=np.float64), ref, f"ctcvr_model scorer at {model_dir}"
+    pred, ref = predict_with_reference(scorer, ads.records, ads.responses, ads.is_reference, cfg.ctcvr)
+    return pred, ref, f"ctcvr_model scorer at {model_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     t0 = time.time()
     try:
-        cfg = _load_config(args.config, args.preset)
+        cfg = load_cli_config(args.config, args.preset)
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        records, responses, groups, raws, rejected = read_generated(args.input, args.skip_invalid)
+        ads = read_generated(args.input, skip_invalid=args.skip_invalid)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    records, responses, groups, raws, rejected = ads.records, ads.responses, ads.groups, ads.raws, ads.rejected
     for err in rejected:
         print(f"skipped: {err}", file=sys.stderr)
-    if not records:
-        print("error: no valid rows to score", file=sys.stderr)
-        return 2
 
     from transformers import AutoTokenizer
 
@@ -159,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     offsets = [e["offset_mapping"] for e in enc]
 
     try:
-        pred, ref, ctcvr_note = _ctcvr(args.ctcvr_model, records, responses, raws)
+        pred, ref, ctcvr_note = _ctcvr(args.ctcvr_model, ads, cfg)
+    except MissingReference as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # a model directory the user named but that cannot be used
         print(f"error: --ctcvr-model {args.ctcvr_model}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
@@ -169,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: preset '{cfg.preset}' weights ctcvr but CTCVR is {ctcvr_note}; "
               "sentence_reward excludes it", file=sys.stderr)
         cfg.weights.pop("ctcvr")
-    ref_list = None if ref is None else [None if np.isnan(x) else float(x) for x in ref]
-    if pred is not None and ref_list is not None and any(r is None for r in ref_list) and cfg.ctcvr.fallback_reference is None:
-        # Rows without a reference ad: compare against the set's mean prediction, stated in the note.
-        mean_ref = float(np.nanmean(ref)) if np.isfinite(ref).any() else float(np.mean(pred))
-        ref_list = [mean_ref if r is None else r for r in ref_list]
-        ctcvr_note += f"; rows without a reference ad use the mean reference {mean_ref:.4g}"
+    ref_list = None if ref is None else [float(x) for x in ref]
     scores = score_batch(
         records, responses, ids, offsets, group_ids=groups, ctx=ctx,
         predicted_ctcvr=pred, reference_ctcvr=ref_list, compute="all",
@@ -201,14 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     values = [s.values() for s in scores.responses]
     div = [s.diversity_score for s in scores.responses]
     comp = [s.compliant for s in scores.responses]
-    base = None if ref is None else [x for x in ref if np.isfinite(x)]
-    t1 = table1(comp, div, None if pred is None else list(pred), base)
+    t1 = table1(comp, div, None if pred is None else list(pred), None if ref is None else list(ref))
     t3 = table3(values, div, None if pred is None else list(pred))
     by_lang: dict[str, dict[str, Any]] = {}
     for lang in sorted({r.language for r in records}):
         idx = [i for i, r in enumerate(records) if r.language == lang]
         lp = None if pred is None else [pred[i] for i in idx]
-        lb = None if ref is None else [ref[i] for i in idx if np.isfinite(ref[i])]
+        lb = None if ref is None else [ref[i] for i in idx]
         by_lang[lang] = {
             "n": len(idx),
             "table1": table1([comp[i] for i in idx], [div[i] for i in idx], lp, lb),

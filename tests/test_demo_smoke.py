@@ -1,10 +1,10 @@
 """``make demo-smoke``: the whole demo pipeline (every stage, report included) at its smoke size,
-a cached rerun that skips everything, and a precise partial rerun. (Resuming an interrupted
-training run: tests/test_demo_stages.py for the demo's rule, tests/test_local_trainer.py for the
-trainer's exact resume.)
+a cached rerun that skips everything, and a precise partial rerun: the SFT cold start and RELATE
+from SFT through verl's trainers on the CPU backend, and the three-row Table 1 (starting model,
+SFT, RELATE) with bootstrap intervals. (Resuming an interrupted stage: tests/test_demo_stages.py.)
 
-The smoke run takes 1-3 minutes on 2 CPU cores, most of it encoding the ad texts for the CTCVR
-scorer (cached machine-wide afterwards, see ``examples.demo.default_embedding_cache``).
+The smoke run takes a few minutes on 2 CPU cores, most of it verl's start-up for the two training
+jobs and encoding the ad texts for the CTCVR scorer (cached machine-wide afterwards).
 """
 
 from __future__ import annotations
@@ -36,20 +36,32 @@ def _section(text: str, heading: str) -> str:
     return text[start:nxt if nxt >= 0 else len(text)]
 
 
+ROWS = ("start", "sft", "relate")  # Table 1's rows: starting model, SFT, RELATE from SFT
+INTERVAL = rf"{NUMBER} \[{NUMBER}, {NUMBER}\]"
+
+
 def test_report_has_every_section_with_numbers_and_its_plots(smoke):
     text = (smoke / "report.md").read_text(encoding="utf-8")
     scorer = _section(text, "## 1. CTCVR scorer")
     assert re.search(rf"\| esmm \| {NUMBER} \|", scorer) and "| oracle |" in scorer
-    curves = _section(text, "## 2. Training curves")
+    sft = _section(text, "## 2. SFT cold start")
+    assert len(re.findall(rf"^\| \d+ \| {NUMBER} \|", sft, flags=re.M)) == demo.SMOKE.sft_steps  # a train loss per step
+    curves = _section(text, "## 3. RELATE training curves")
     assert re.search(rf"\| ctcvr reward \| {NUMBER} \| {NUMBER} \|", curves)
-    tables = _section(text, "## 3. Before vs after")
-    assert re.search(rf"\| experiment \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", tables), "Table 1"
-    assert "### Table 3" in tables and re.search(rf"\| baseline \|(?: {NUMBER} \|){{5}}", tables), "Table 3"
-    sim = _section(text, "## 4. Simulated online CTCVR")
-    assert re.search(rf"\| CTCVR \(%\) simulated online \(user model truth\) \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", sim)
+    tables = _section(text, "## 4. Table 1 and Table 3")
+    table1 = _section(text, "## Table 1")
+    for name in ROWS:  # one row per policy, every metric with its 95% interval, deltas against the start
+        assert re.search(rf"^\| {name} \| {INTERVAL} \| {INTERVAL} \| {INTERVAL} \| ", table1, flags=re.M), name
+    assert re.search(r"^\| start \|.*\(baseline\) \| \(baseline\) \|$", table1, flags=re.M)
+    for name in ROWS[1:]:
+        assert re.search(rf"^\| {name} \|(?: {INTERVAL} \|){{5}}$", table1, flags=re.M), name
+    assert tables and re.search(rf"^\| relate \|(?: {INTERVAL} \|){{5}}$", _section(text, "## Table 3"), flags=re.M)
+    hacking = _section(text, "## Predicted vs simulated")
+    assert re.search(rf"^\| relate vs start \| \d+ \|", hacking, flags=re.M)
     examples = _section(text, "## 5. Example ads")
     assert len(re.findall(r"^### Example \d", examples, flags=re.M)) == 3
-    assert examples.count("**before**") == 3 and examples.count("**after**") == 3
+    for name in ROWS:
+        assert examples.count(f"**{name}**") == 3, name
     times = _section(text, "## Settings")
     for name in demo.STAGE_NAMES[:-1]:
         assert re.search(rf"\| {name} \| \d+\.\d \|", times), name

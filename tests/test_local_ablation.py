@@ -125,7 +125,7 @@ def test_table3_heldout_has_five_finite_rows(compared):
     assert initial["model"] == compare_local.INITIAL_LABEL and _finite(initial["ctcvr_pct"])
     # Each row is recipe.relate.evaluate's own Table 3 on that run's generations.
     own = json.loads((out / "evaluation" / "model3" / "evaluation.json").read_text(encoding="utf-8"))
-    assert own["experiment"]["table3"]["diversity"] == rows[2]["diversity"]
+    assert own["runs"][0]["name"] == "experiment" and own["runs"][0]["metrics"]["diversity"]["value"] == rows[2]["diversity"]
     assert own["settings"]["preset"] == "model3"
     generated = [json.loads(line) for line in (out / "generations" / "relate.jsonl").read_text().splitlines()]
     assert len(generated) == 2 and all(g["model"].endswith("relate/final") for g in generated)

@@ -201,35 +201,97 @@ def _evaluate(args, out_dir: Path, tokenizer_dir, pipeline_dir) -> tuple[int, di
     return rc, (json.loads(path.read_text()) if rc == 0 else None)
 
 
+def _value(run: dict, metric: str) -> float:
+    return run["metrics"][metric]["value"]
+
+
+def _flat(entries: dict) -> dict:
+    """{"metric": {"value", "ci95"}} as {"metric.value": v, "metric.lo": lo, "metric.hi": hi} for approx."""
+    out = {}
+    for k, m in entries.items():
+        out[f"{k}.value"] = m["value"]
+        out[f"{k}.lo"], out[f"{k}.hi"] = m["ci95"] or (None, None)
+    return out
+
+
 def test_evaluate_degraded_vs_reference(tmp_path, eval_sets, tokenizer_dir, pipeline_dir, fast_relevance):
+    from reward_fns.metrics import table1, table3
+
     rc, res = _evaluate(["--generations", str(eval_sets / "degraded.jsonl"), "--baseline", str(eval_sets / "reference.jsonl")],
                         tmp_path, tokenizer_dir, pipeline_dir)
     assert rc == 0
-    exp, base, cmp_ = res["experiment"], res["baseline"], res["comparison"]
+    assert [r["name"] for r in res["runs"]] == ["baseline", "experiment"] and res["baseline"] == "baseline"
+    base, exp = evaluate_cli.run_result(res, "baseline"), evaluate_cli.run_result(res, "experiment")
+    cmp_ = exp["delta_vs_baseline"]
+    assert base["delta_vs_baseline"] is None
     assert exp["n"] == base["n"] == 12 and cmp_["paired_records"] == 12
-    assert exp["table1"]["compliance_rate"] < base["table1"]["compliance_rate"]
-    assert exp["table1"]["diversity"] < base["table1"]["diversity"]
-    assert exp["table3"]["diversity"] == exp["table1"]["diversity"]
-    assert exp["simulated"]["ctcvr_pct"] < base["simulated"]["ctcvr_pct"]
-    assert cmp_["simulated_lift"] < 0 and cmp_["predicted_lift"] is not None
-    assert exp["table1"]["delta_ctcvr"] == cmp_["predicted_lift"]
-    assert cmp_["gap"] == pytest.approx(cmp_["predicted_lift"] - cmp_["simulated_lift"])
-    for row in (exp, base):
-        assert all(row["table3"][k] is not None for k in ("structural_quality", "ctcvr_pct", "diversity", "semantic_quality"))
+    assert _value(exp, "compliance_rate") < _value(base, "compliance_rate")
+    assert _value(exp, "diversity") < _value(base, "diversity")
+    assert _value(exp, "simulated_ctcvr_pct") < _value(base, "simulated_ctcvr_pct")
+    assert cmp_["simulated_lift"]["value"] < 0 and cmp_["predicted_lift"]["value"] is not None
+    assert cmp_["gap"]["value"] == pytest.approx(cmp_["predicted_lift"]["value"] - cmp_["simulated_lift"]["value"])
+    for run in (exp, base):
+        for name, m in run["metrics"].items():
+            lo, hi = m["ci95"]
+            assert lo <= m["value"] <= hi, name
+    # The values are reward_fns.metrics' Table 1 / Table 3 columns over the scored texts.
+    scored = [json.loads(line) for line in (tmp_path / "scored_experiment.jsonl").read_text().splitlines()]
+    assert len(scored) == 12 and "simulated_ctcvr" in scored[0]
+    t1 = table1([r["compliant"] for r in scored], [r["diversity_score"] for r in scored])
+    t3 = table3([r["components"] for r in scored], [r["diversity_score"] for r in scored], [r["predicted_ctcvr"] for r in scored])
+    assert _value(exp, "compliance_rate") == pytest.approx(t1["compliance_rate"])
+    for key in ("structural_quality", "diversity", "semantic_quality"):
+        assert _value(exp, key) == pytest.approx(t3[key])
+    assert _value(exp, "predicted_ctcvr_pct") == pytest.approx(t3["ctcvr_pct"])
     md = (tmp_path / "evaluation.md").read_text()
-    assert "Table 1" in md and "Table 3" in md and "no template fatigue" in md
-    scored = (tmp_path / "scored_experiment.jsonl").read_text().splitlines()
-    assert len(scored) == 12 and "simulated_ctcvr" in json.loads(scored[0])
+    assert "Table 1" in md and "Table 3" in md and "no template fatigue" in md and "bootstrap" in md
 
     # Swapping the roles flips the simulated lift; --records joins id-only rows to the same numbers.
     rc, swapped = _evaluate(["--generations", str(eval_sets / "reference.jsonl"), "--baseline", str(eval_sets / "degraded.jsonl")],
                             tmp_path / "swap", tokenizer_dir, pipeline_dir)
-    assert rc == 0 and swapped["comparison"]["simulated_lift"] > 0
+    assert rc == 0 and evaluate_cli.run_result(swapped, "experiment")["delta_vs_baseline"]["simulated_lift"]["value"] > 0
     rc, joined = _evaluate(["--generations", str(eval_sets / "ids_only.jsonl"), "--baseline", str(eval_sets / "reference.jsonl"),
                             "--records", str(pipeline_dir / "dataset" / "val.parquet")], tmp_path / "join", tokenizer_dir, pipeline_dir)
     assert rc == 0
-    assert joined["experiment"]["table1"] == pytest.approx(exp["table1"])
-    assert joined["comparison"]["simulated_lift"] == pytest.approx(cmp_["simulated_lift"])
+    assert _flat(evaluate_cli.run_result(joined, "experiment")["metrics"]) == pytest.approx(_flat(exp["metrics"]))
+    joined_lift = evaluate_cli.run_result(joined, "experiment")["delta_vs_baseline"]["simulated_lift"]
+    assert _flat({"lift": joined_lift}) == pytest.approx(_flat({"lift": cmp_["simulated_lift"]}))
+
+
+def test_evaluate_three_runs_one_table(tmp_path, eval_sets, tokenizer_dir, pipeline_dir, fast_relevance):
+    """--run NAME=FILE x3: one Table 1 row per run, every delta against --baseline-run, seeded intervals."""
+    runs = ["--run", f"reference={eval_sets / 'reference.jsonl'}", "--run", f"degraded={eval_sets / 'degraded.jsonl'}",
+            "--run", f"joined={eval_sets / 'ids_only.jsonl'}", "--records", str(pipeline_dir / "dataset" / "val.parquet"),
+            "--baseline-run", "reference"]
+    rc, res = _evaluate(runs + ["--bootstrap", "300"], tmp_path / "a", tokenizer_dir, pipeline_dir)
+    assert rc == 0 and [r["name"] for r in res["runs"]] == ["reference", "degraded", "joined"]
+    assert res["runs"][0]["delta_vs_baseline"] is None
+    assert all(r["delta_vs_baseline"]["baseline"] == "reference" for r in res["runs"][1:])
+    assert _flat(res["runs"][1]["metrics"]) == pytest.approx(_flat(res["runs"][2]["metrics"]))  # the same texts, joined by id
+    md = (tmp_path / "a" / "evaluation.md").read_text()
+    table1 = md.split("## Table 1")[1].split("## Table 3")[0]
+    assert [line.split("|")[1].strip() for line in table1.splitlines() if line.startswith("| ") and "&nbsp;" not in line][1:] == \
+        ["reference", "degraded", "joined"]
+    assert "(baseline)" in table1 and " [" in table1
+    assert {p.name for p in (tmp_path / "a").glob("scored_*.jsonl")} == {"scored_reference.jsonl", "scored_degraded.jsonl",
+                                                                          "scored_joined.jsonl"}
+    # The same seed gives the same intervals; --bootstrap 0 gives none.
+    rc, again = _evaluate(runs + ["--bootstrap", "300"], tmp_path / "b", tokenizer_dir, pipeline_dir)
+    assert [(r["metrics"], r["delta_vs_baseline"]) for r in again["runs"]] == \
+        [(r["metrics"], r["delta_vs_baseline"]) for r in res["runs"]]
+    rc, plain = _evaluate(runs + ["--bootstrap", "0"], tmp_path / "c", tokenizer_dir, pipeline_dir)
+    assert rc == 0 and all(m["ci95"] is None for m in plain["runs"][1]["metrics"].values())
+    assert {k: m["value"] for k, m in plain["runs"][1]["metrics"].items()} == \
+        pytest.approx({k: m["value"] for k, m in res["runs"][1]["metrics"].items()})
+
+
+@pytest.mark.parametrize("argv, message", [(["--run", "a b=x.jsonl"], "NAME=FILE"), (["--run", "nofile"], "NAME=FILE"),
+                                           (["--run", "a=x", "--run", "a=y"], "unique"),
+                                           (["--run", "a=x", "--baseline-run", "b"], "not a run"), ([], "at least one")])
+def test_evaluate_bad_run_arguments_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        evaluate_cli.main([*argv, "--ctcvr-model", "x"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_evaluate_without_baseline_reports_na(tmp_path, eval_sets, tokenizer_dir, pipeline_dir, fast_relevance, capsys):
@@ -237,9 +299,9 @@ def test_evaluate_without_baseline_reports_na(tmp_path, eval_sets, tokenizer_dir
                             "--tokenizer", str(tokenizer_dir), "--output-dir", str(tmp_path)])
     assert rc == 0
     res = json.loads((tmp_path / "evaluation.json").read_text())
-    assert res["baseline"] is None and res["comparison"] is None
-    assert res["experiment"]["table1"]["delta_ctcvr"] is None
-    assert res["experiment"]["simulated"]["ctcvr_pct"] > 0 and res["experiment"]["table3"]["ctcvr_pct"] > 0
+    exp = evaluate_cli.run_result(res, "experiment")
+    assert res["baseline"] is None and exp["delta_vs_baseline"] is None
+    assert _value(exp, "simulated_ctcvr_pct") > 0 and _value(exp, "predicted_ctcvr_pct") > 0
     out = capsys.readouterr().out
     assert "baseline: none" in out and "| experiment |" in out and "| n/a | n/a |" in out
 

@@ -107,8 +107,16 @@ def test_cli_uses_the_ctcvr_scorer_when_given(tmp_path, tokenizer_dir, fake_enco
     monkeypatch.setattr(ctcvr_mod, "load_ctcvr_scorer", lambda d: Scorer())
     inp = write(tmp_path / "gen.jsonl", ROWS)
     out, summ = tmp_path / "o.jsonl", tmp_path / "s.json"
-    rc = main(["--input", str(inp), "--output", str(out), "--summary-json", str(summ), "--ctcvr-model", str(tmp_path),
-               "--tokenizer", str(tokenizer_dir)])
+    argv = ["--input", str(inp), "--output", str(out), "--summary-json", str(summ), "--ctcvr-model", str(tmp_path),
+            "--tokenizer", str(tokenizer_dir)]
+    # en-1 has a response but no reference ad: the one reference rule (the reward manager's) says
+    # fallback_reference or an error naming the record, never an estimate from the other rows.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "record 'en-1' has no reference ad" in err and "fallback_reference" in err
+    cfg = tmp_path / "fallback.yaml"
+    cfg.write_text("relate:\n  ctcvr: {fallback_reference: 0.0012}\n", encoding="utf-8")
+    rc = main(argv + ["--config", str(cfg)])
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert all(r["predicted_ctcvr"] is not None and 0 < r["reward_ctcvr"] < 1 for r in rows)

@@ -74,6 +74,8 @@ INITIAL_LABEL = "Initial policy (step 0)"
 # Table 3's columns: (key, header).
 COLUMNS = (("structural_quality", "Structural Quality"), ("ctcvr_pct", "CTCVR(%)"), ("diversity", "Diversity"),
            ("semantic_quality", "Semantic Quality"))
+# recipe.relate.evaluate's metric key of a COLUMNS key, where they differ.
+EVALUATE_METRIC = {"ctcvr_pct": "predicted_ctcvr_pct"}
 # Config keys that may (must) differ between the five runs.
 VARYING_KEYS = ("relate.preset", "local.output_dir", "trainer.experiment_name")
 # Training metrics.csv columns behind the four metrics (see recipe.relate.relate_trainer.relate_metrics).
@@ -330,16 +332,16 @@ def evaluate_model(name: str, model: Path, preset: str, reward_section: Mapping[
     _run_cached(f"{step} evaluate {name}", eval_dir / "settings.json", eval_key, result,
                 lambda: evaluate_cli.main(eval_argv),
                 f"{name}: recipe.relate.evaluate failed on {generations} (its message is above)")
-    return json.loads(result.read_text(encoding="utf-8"))["experiment"]
+    return evaluate_cli.run_result(json.loads(result.read_text(encoding="utf-8")), "experiment")
 
 
 def heldout_row(label: str, preset: str, experiment: Mapping[str, Any]) -> dict[str, Any]:
-    """Table 3 row from evaluate's ``experiment`` section (its ``table3`` plus simulated CTCVR)."""
-    t3 = experiment["table3"]
-    row = {"model": label, "preset": preset, **{key: t3.get(key) for key, _ in COLUMNS}}
-    row["simulated_ctcvr_pct"] = experiment["simulated"]["ctcvr_pct"]
+    """Table 3 row from evaluate's ``experiment`` run (its metrics' point values)."""
+    m = {key: entry["value"] for key, entry in experiment["metrics"].items()}
+    row = {"model": label, "preset": preset, **{key: m.get(EVALUATE_METRIC.get(key, key)) for key, _ in COLUMNS}}
+    row["simulated_ctcvr_pct"] = m["simulated_ctcvr_pct"]
     row["texts"] = experiment["n"]
-    row["format_ok_rate"] = experiment.get("format_ok_rate")
+    row["format_ok_rate"] = m["format_ok_rate"]
     return row
 
 

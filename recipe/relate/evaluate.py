@@ -1,62 +1,65 @@
-"""Evaluate generated ads: paper Table 1 and Table 3, plus simulated online CTCVR (DESIGN.md sec. 5).
+"""Evaluate generated ads: paper Table 1 and Table 3 with 95% bootstrap intervals, plus simulated online CTCVR.
 
-    python -m recipe.relate.evaluate --generations GEN.jsonl [--baseline BASE.jsonl]
-        --ctcvr-model DIR [--records RECORDS] [--preset relate] [--config YAML]
-        [--tokenizer DIR] [--output-dir DIR]
+    python -m recipe.relate.evaluate --run start=GEN0.jsonl --run sft=GEN1.jsonl --run relate=GEN2.jsonl
+        --baseline-run start --ctcvr-model DIR [--records RECORDS] [--preset relate] [--config YAML]
+        [--tokenizer DIR] [--bootstrap 1000] [--bootstrap-seed 0] [--output-dir DIR]
+    python -m recipe.relate.evaluate --generations GEN.jsonl [--baseline BASE.jsonl] --ctcvr-model DIR ...
 
-What is measured, per set of texts (the experiment, and the baseline when given):
+Each ``--run NAME=FILE`` is one row of the tables (``--generations F`` is ``--run experiment=F``,
+``--baseline F`` is ``--run baseline=F --baseline-run baseline``). What is measured, per run:
 
 * Table 1 (paper sec. 4.2): compliance rate (eq. 11), diversity (eq. 12) and delta CTCVR (eq. 10)
-  of the experiment against the baseline, CTCVR as PREDICTED by the learned ESMM scorer
-  (``--ctcvr-model``), i.e. what the RL reward saw.
+  against the baseline run, CTCVR as PREDICTED by the learned ESMM scorer (``--ctcvr-model``),
+  i.e. what the RL reward saw; plus the share of format-valid outputs.
 * Table 3 (paper sec. 4.4): structural quality, CTCVR (%) predicted, diversity, semantic quality.
-  Both tables come from ``reward_fns.score_batch`` and ``reward_fns.metrics.table1`` / ``table3``:
-  the same code as the rewards and ``python -m reward_fns.score``, with every component computed
-  (``compute="all"``) whatever the preset weights. Diversity is computed within each set (its own
-  high-frequency n-grams G_high, counted across its record groups), as eq. 12 does.
+  Every per-text value comes from ``reward_fns.score_batch`` with every component computed
+  (``compute="all"``) whatever the preset weights, and is aggregated as ``reward_fns.metrics``
+  defines the columns. Diversity is computed within each run (its own high-frequency n-grams
+  G_high, counted across its record groups), as eq. 12 does.
 * Simulated online CTCVR: the ground-truth user model of the log simulator
   (``data_prep.user_model.UserModel``) scores the same texts: each response is parsed with
   ``relate_common.ad_format.parse_ad`` and its title / description are scored with the record's
   query, bidword, selling points, industry and language. These are FRESH-IMPRESSION
   probabilities (p_click * p_cvr with no template fatigue): every text is judged as if shown for
-  the first time, so repeating a template across records costs nothing here (diversity is
-  measured separately). A response that does not parse scores as the ad with the fields that
-  could be read (an empty title/description if none).
+  the first time (diversity is measured separately). A response that does not parse scores as the
+  ad with the fields that could be read (an empty title/description if none).
 * Predicted vs simulated lift: delta CTCVR by the scorer and by the simulator, and their gap
   (predicted minus simulated, in percentage points). A large positive gap means the policy
   found what the scorer over-rewards: reward hacking made visible.
 
-Lifts are PAIRED: only records (``id``) present in both sets count, CTCVR is first averaged over
+Intervals (``reward_fns.intervals``): percentile intervals of ``--bootstrap`` resamples of the
+RECORDS (a record's samples move together), seeded by ``--bootstrap-seed``; lifts resample the
+paired records of both runs with the same draws. Per-text values, G_high included, are those of
+the full run. The paper reports no intervals; this method is ours.
+
+Lifts are PAIRED: only records (``id``) present in both runs count, CTCVR is first averaged over
 the samples of each record, then over records (each record weighs equally, as in a query-level
-traffic split), and eq. 10 is applied to those means. Without ``--baseline`` every delta is
-n/a; nothing is estimated.
+traffic split), and eq. 10 is applied to those means. Without a baseline run every delta is n/a.
 
-Input rows (JSONL, CSV or parquet; the format ``recipe.relate.generate`` writes and
-``reward_fns.score`` reads): the record fields (id, query, bidword, selling_points, language,
-industry, ...) and the ad, either as ``response`` (raw model text; ``title`` / ``description``
-are then the record's reference ad) or as ``title`` + ``description`` (rendered with
-``relate_common.ad_format.render_ad``, e.g. reference ads used as a baseline set). Optional
-``group_id`` (default: the record id).
+Input rows: ``reward_fns.generated`` (the format ``recipe.relate.generate`` writes and
+``reward_fns.score`` reads): the record fields and the ad as ``response`` or ``title`` +
+``description``. Empty output is scored, never skipped: an empty, whitespace or null ad fails the
+format check and gets the lowest reward; only an absent ad field is an input error. The reference
+pCTCVR of the ctcvr reward component follows ``reward_fns.ctcvr.predict_with_reference``, the same
+rule as in training.
 
-``--records FILE``: an ad-records file (JSONL/CSV/parquet in the records schema, or the verl RL
-parquet of ``data_prep/build_dataset.py``, whose ``reward_model.ground_truth`` is used). Then a
-generation row may carry only ``id`` plus its ad (``response``, or ``title`` + ``description``):
-every record field the row lacks (or leaves empty) is filled from the record with that id;
-fields present in the row win. The join applies to the experiment and the baseline file. A row
-whose id is not in the records file is an error.
+``--records FILE``: an ad-records file (records schema, or the verl RL parquet of
+``data_prep/build_dataset.py``): a generation row may then carry only ``id`` plus its ad; the
+record fields it lacks are filled from the record with that id (``reward_fns.generated``).
 
 Output: the markdown report (printed and written to OUTPUT_DIR/evaluation.md), the same numbers
-as JSON (OUTPUT_DIR/evaluation.json) and per-text scores (OUTPUT_DIR/scored_experiment.jsonl,
-scored_baseline.jsonl). OUTPUT_DIR defaults to GEN's folder / ``<GEN stem>_evaluation``.
+as JSON (OUTPUT_DIR/evaluation.json, one entry of ``runs`` per run) and per-text scores
+(OUTPUT_DIR/scored_<NAME>.jsonl). OUTPUT_DIR defaults to ``<first file's folder>/<its stem>_evaluation``.
 
-Exit codes: 0 ok; 2 invalid input (the message names the file, the row and the field) or an
-unusable --ctcvr-model / config.
+Exit codes: 0 ok; 2 invalid input (the message names the file, the row and the field), a record
+without a reference ad where no fallback is configured, or an unusable --ctcvr-model / config.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -67,14 +70,25 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from relate_common.ad_format import parse_ad, render_ad
+from relate_common.ad_format import parse_ad
 from relate_common.jsonio import jsonable, write_json, write_jsonl
-from relate_common.records import AdRecord, RecordError, is_missing, parse_record, read_rows
-from reward_fns.ctcvr import scorer_item
+from relate_common.records import AdRecord, RecordError
+from reward_fns.generated import GeneratedAds, load_records_index, read_generated
+from reward_fns.intervals import Interval, bootstrap_counts, lift_gap_interval, lift_interval, mean_interval
 
 SIMULATOR_NOTE = ("data_prep.user_model.UserModel, fresh impressions (p_click * p_cvr, no template fatigue: "
                   "each text is scored as if never shown before)")
-RECORD_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landing_page", "industry", "title", "description")
+# The per-run metrics, in table order: (key, what it is). Each is a mean over texts with an interval.
+METRICS = (
+    ("format_ok_rate", "share of outputs in the exact two-line format (reward_fns.format)"),
+    ("compliance_rate", "Table 1 compliance rate, eq. 11"),
+    ("diversity", "Tables 1/3 diversity, eq. 12"),
+    ("structural_quality", "Table 3 structural quality, (length + format) / 2"),
+    ("semantic_quality", "Table 3 semantic quality, mean of relevance, correctness, risk"),
+    ("predicted_ctcvr_pct", "Table 3 CTCVR(%) as predicted by the learned scorer"),
+    ("simulated_ctcvr_pct", "CTCVR(%) of the simulator's ground truth, fresh impressions"),
+)
+RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 # ---- input --------------------------------------------------------------------------------------
@@ -82,14 +96,10 @@ RECORD_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landin
 
 @dataclass
 class EvalSet:
-    """One set of generated texts and, after :func:`score_set`, its scores."""
+    """One run's generated texts and, after :func:`score_set`, its scores."""
 
     name: str
-    path: str
-    records: list[AdRecord]
-    responses: list[str]
-    groups: list[str]
-    raws: list[dict[str, Any]]
+    ads: GeneratedAds
     predicted: np.ndarray | None = None  # (N,) scorer pCTCVR of each text
     truth_click: np.ndarray | None = None  # (N,) simulator p_click (fresh)
     truth_cvr: np.ndarray | None = None  # (N,) simulator p_cvr
@@ -97,111 +107,28 @@ class EvalSet:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def path(self) -> str:
+        return self.ads.path
+
+    @property
+    def records(self) -> list[AdRecord]:
+        return self.ads.records
+
+    @property
+    def responses(self) -> list[str]:
+        return self.ads.responses
+
+    @property
     def truth_ctcvr(self) -> np.ndarray:
         return self.truth_click * self.truth_cvr
 
 
-def _record_fields_of(raw: dict[str, Any]) -> dict[str, Any]:
-    """A records-file row as plain record fields (an RL-parquet row: its ground truth)."""
-    reward_model = raw.get("reward_model")
-    if isinstance(reward_model, dict) and isinstance(reward_model.get("ground_truth"), dict):
-        return dict(reward_model["ground_truth"])
-    return raw
-
-
-def load_records_index(path: str) -> dict[str, dict[str, Any]]:
-    """{record id: raw record fields} from a records file; every row validated with parse_record."""
-    index: dict[str, dict[str, Any]] = {}
-    for row_no, raw in read_rows(path):
-        if isinstance(raw, RecordError):
-            raise raw
-        fields = _record_fields_of(raw)
-        rec = parse_record(fields, source=str(path), row=row_no)
-        if rec.id in index:
-            raise RecordError(str(path), row_no, "id", f"duplicate record id '{rec.id}'")
-        index[rec.id] = fields
-    if not index:
-        raise RecordError(str(path), 0, None, "no records")
-    return index
-
-
-def join_record(raw: dict[str, Any], index: dict[str, dict[str, Any]] | None, source: str, row: int) -> dict[str, Any]:
-    """``raw`` with the record fields it lacks filled from ``index`` (see ``--records``)."""
-    if index is None:
-        return raw
-    rid = raw.get("id")
-    if is_missing(rid) or str(rid).strip() == "":
-        raise RecordError(source, row, "id", "missing: --records joins rows to records by id")
-    if isinstance(rid, float) and rid.is_integer():
-        rid = int(rid)
-    key = str(rid).strip()
-    if key not in index:
-        raise RecordError(source, row, "id", f"record '{key}' is not in the --records file")
-    present = {k: v for k, v in raw.items() if not is_missing(v) and not (isinstance(v, str) and not v.strip())}
-    return {**index[key], **present}
-
-
 def read_set(path: str, name: str, index: dict[str, dict[str, Any]] | None) -> EvalSet:
-    """Read and validate a generations file; RecordError names the first bad row and field."""
-    source = str(path)
-    if not Path(path).is_file():
-        raise RecordError(source, 0, None, "file not found")
-    records, responses, groups, raws = [], [], [], []
-    for row_no, raw in read_rows(path):
-        if isinstance(raw, RecordError):
-            raise raw
-        response = raw.get("response")
-        if response is not None and not isinstance(response, str):
-            raise RecordError(source, row_no, "response", f"expected a string, got {type(response).__name__}")
-        if response is None:
-            for name_ in ("title", "description"):
-                value = raw.get(name_)
-                if is_missing(value) or not str(value).strip():
-                    raise RecordError(source, row_no, name_, "missing: a row needs 'response' or 'title' + 'description'")
-        merged = join_record(raw, index, source, row_no)
-        rec = parse_record(merged, source=source, row=row_no)
-        if response is None:
-            response = render_ad(rec.title, rec.description, rec.language)
-        gid = raw.get("group_id")
-        records.append(rec)
-        responses.append(response)
-        groups.append(str(gid) if not is_missing(gid) else rec.id)
-        raws.append(raw)
-    if not records:
-        raise RecordError(source, 0, None, "no rows")
-    return EvalSet(name=name, path=source, records=records, responses=responses, groups=groups, raws=raws)
+    """Read and validate one run's file; RecordError names the first bad row and field."""
+    return EvalSet(name=name, ads=read_generated(path, records_index=index))
 
 
 # ---- scoring ------------------------------------------------------------------------------------
-
-
-def predict_ctcvr(scorer: Any, es: EvalSet) -> tuple[np.ndarray, list[float | None]]:
-    """(predicted pCTCVR of each text, reference pCTCVR per text for the ctcvr reward component).
-
-    Reference = the scorer's prediction for the record's reference ad, as in training; rows given
-    as title + description are their own reference; rows without any use the set's mean reference.
-    """
-    parsed = [parse_ad(r) for r in es.responses]
-    _, pred = scorer.score([scorer_item(rec, p.title, p.description) for rec, p in zip(es.records, parsed)])
-    pred = np.asarray(pred, dtype=np.float64)
-    ref: list[float | None] = [None] * len(pred)
-    ref_ids = OrderedDict()
-    for i, (rec, raw) in enumerate(zip(es.records, es.raws)):
-        if "response" not in raw:
-            ref[i] = float(pred[i])
-        elif rec.title and rec.description:
-            ref_ids.setdefault(rec.id, rec)
-    if ref_ids:
-        _, ref_pred = scorer.score([scorer_item(r, r.title, r.description) for r in ref_ids.values()])
-        by_id = {rid: float(p) for rid, p in zip(ref_ids, ref_pred)}
-        ref = [by_id.get(rec.id, r) if r is None else r for r, rec in zip(ref, es.records)]
-    known = [r for r in ref if r is not None]
-    if len(known) < len(ref):
-        fill = float(np.mean(known)) if known else float(np.mean(pred))
-        ref = [fill if r is None else r for r in ref]
-        es.notes.append(f"{len(ref) - len(known)} row(s) without a reference ad use the mean reference {fill:.4g} "
-                        "in the ctcvr reward component (not in Tables 1/3)")
-    return pred, ref
 
 
 def simulate_truth(user_model: Any, es: EvalSet) -> tuple[np.ndarray, np.ndarray]:
@@ -218,29 +145,55 @@ def simulate_truth(user_model: Any, es: EvalSet) -> tuple[np.ndarray, np.ndarray
 def score_set(es: EvalSet, ctx: Any, tokenizer: Any, scorer: Any, user_model: Any) -> None:
     """Fill ``es`` with predicted CTCVR, simulated truth and ``reward_fns.score_batch`` scores."""
     from reward_fns import score_batch
+    from reward_fns.ctcvr import predict_with_reference
 
     enc = [tokenizer(r, add_special_tokens=False, return_offsets_mapping=True) for r in es.responses]
-    es.predicted, reference = predict_ctcvr(scorer, es)
+    es.predicted, reference = predict_with_reference(scorer, es.records, es.responses, es.ads.is_reference,
+                                                     ctx.cfg.ctcvr)
     es.truth_click, es.truth_cvr = simulate_truth(user_model, es)
     es.scores = score_batch(es.records, es.responses, [e["input_ids"] for e in enc], [e["offset_mapping"] for e in enc],
-                            group_ids=es.groups, ctx=ctx, predicted_ctcvr=es.predicted, reference_ctcvr=reference,
-                            compute="all")
+                            group_ids=es.ads.groups, ctx=ctx, predicted_ctcvr=es.predicted,
+                            reference_ctcvr=[float(r) for r in reference], compute="all")
 
 
 # ---- metrics ------------------------------------------------------------------------------------
 
 
-def _mean(x: Any) -> float | None:
-    vals = [float(v) for v in x if v is not None and math.isfinite(float(v))]
-    return float(np.mean(vals)) if vals else None
+@dataclass(frozen=True)
+class Bootstrap:
+    """How intervals are drawn: ``resamples`` record-level resamples from ``seed`` (0: no intervals)."""
+
+    resamples: int = 1000
+    seed: int = 0
+
+    def counts(self, n_records: int) -> np.ndarray:
+        return bootstrap_counts(n_records, self.resamples, self.seed)
 
 
-def per_record_means(es: EvalSet, values: np.ndarray, ids: list[str]) -> list[float]:
-    """Mean of ``values`` over the rows of each record in ``ids`` (in that order)."""
-    sums: dict[str, list[float]] = {}
-    for rec, v in zip(es.records, values):
-        sums.setdefault(rec.id, []).append(float(v))
-    return [float(np.mean(sums[i])) for i in ids]
+def per_text_values(es: EvalSet) -> dict[str, np.ndarray]:
+    """{metric: (N,) per-text value} of every METRICS key; NaN where a value was not computed."""
+    from reward_fns.metrics import semantic_quality, structural_quality
+
+    def arr(xs: Any) -> np.ndarray:
+        return np.asarray([np.nan if x is None else float(x) for x in xs], dtype=np.float64)
+
+    resp = es.scores.responses
+    return {
+        "format_ok_rate": arr(r.parsed.ok for r in resp),
+        "compliance_rate": arr(r.compliant for r in resp),
+        "diversity": arr(r.diversity_score for r in resp),
+        "structural_quality": arr(structural_quality(r.values()) for r in resp),
+        "semantic_quality": arr(semantic_quality(r.values()) for r in resp),
+        "predicted_ctcvr_pct": 100 * es.predicted,
+        "simulated_ctcvr_pct": 100 * es.truth_ctcvr,
+    }
+
+
+def record_index(records: list[AdRecord], idx: list[int]) -> tuple[list[str], np.ndarray]:
+    """(record ids in first-seen order, (len(idx),) position of each row's record in that list)."""
+    ids = list(OrderedDict.fromkeys(records[i].id for i in idx))
+    pos = {rid: k for k, rid in enumerate(ids)}
+    return ids, np.asarray([pos[records[i].id] for i in idx], dtype=np.int64)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -252,43 +205,30 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
-def set_metrics(es: EvalSet, idx: list[int] | None = None) -> dict[str, Any]:
-    """Table 1 (without delta) and Table 3 rows plus simulated truth for the rows ``idx`` (all)."""
-    from reward_fns import table1, table3
-
+def set_metrics(es: EvalSet, bootstrap: Bootstrap, idx: list[int] | None = None) -> dict[str, Any]:
+    """Every METRICS value with its interval, and simulated-truth details, for the rows ``idx`` (all)."""
     idx = list(range(len(es.records))) if idx is None else idx
-    resp = [es.scores.responses[i] for i in idx]
-    div = [r.diversity_score for r in resp]
-    pred = [float(es.predicted[i]) for i in idx]
-    t1 = table1([r.compliant for r in resp], div, pred, None)
-    t3 = table3([r.values() for r in resp], div, pred)
-    truth = es.truth_ctcvr[idx]
+    ids, rec_of_row = record_index(es.records, idx)
+    counts = bootstrap.counts(len(ids))
+    values = per_text_values(es)
     return {
         "n": len(idx),
-        "records": len({es.records[i].id for i in idx}),
-        "table1": t1,
-        "table3": t3,
-        "simulated": {
-            "ctcvr_pct": 100 * float(np.mean(truth)),
-            "p_click_pct": 100 * float(np.mean(es.truth_click[idx])),
-            "p_cvr_pct": 100 * float(np.mean(es.truth_cvr[idx])),
-        },
-        "spearman_predicted_vs_simulated": spearman(np.asarray(pred), truth),
-        "format_ok_rate": float(np.mean([resp_i.parsed.ok for resp_i in resp])),
-        "mean_sentence_reward": _mean([r.sentence_reward for r in resp]),
+        "records": len(ids),
+        "metrics": {k: mean_interval(values[k][idx], rec_of_row, counts).to_json() for k, _ in METRICS},
+        "simulated_p_click_pct": 100 * float(np.mean(es.truth_click[idx])),
+        "simulated_p_cvr_pct": 100 * float(np.mean(es.truth_cvr[idx])),
+        "spearman_predicted_vs_simulated": spearman(es.predicted[idx], es.truth_ctcvr[idx]),
+        "mean_sentence_reward": float(np.mean([es.scores.responses[i].sentence_reward for i in idx])),
     }
 
 
-def describe_set(es: EvalSet) -> dict[str, Any]:
-    """Overall and per-language metrics plus provenance of one set."""
-    out = set_metrics(es)
-    out["file"] = es.path
-    models = Counter(str(r["model"]) for r in es.raws if r.get("model") is not None)
-    out["models"] = dict(models)
-    finish = Counter(str(r["finish_reason"]) for r in es.raws if r.get("finish_reason") is not None)
-    out["finish_reasons"] = dict(finish)
+def describe_set(es: EvalSet, bootstrap: Bootstrap) -> dict[str, Any]:
+    """Overall and per-language metrics plus provenance of one run."""
+    out: dict[str, Any] = {"name": es.name, "file": es.path, **set_metrics(es, bootstrap)}
+    out["models"] = dict(Counter(str(r["model"]) for r in es.ads.raws if r.get("model") is not None))
+    out["finish_reasons"] = dict(Counter(str(r["finish_reason"]) for r in es.ads.raws if r.get("finish_reason") is not None))
     out["by_language"] = {
-        lang: set_metrics(es, [i for i, r in enumerate(es.records) if r.language == lang])
+        lang: set_metrics(es, bootstrap, [i for i, r in enumerate(es.records) if r.language == lang])
         for lang in sorted({r.language for r in es.records})
     }
     stats = es.scores.credit.stats
@@ -300,39 +240,62 @@ def describe_set(es: EvalSet) -> dict[str, Any]:
     return out
 
 
-def compare(exp: EvalSet, base: EvalSet, language: str | None = None) -> dict[str, Any]:
-    """Paired predicted and simulated lifts (eq. 10) of ``exp`` over ``base`` (see module docstring)."""
-    from reward_fns import table1
-    from reward_fns.metrics import delta_ctcvr
+def per_record_means(es: EvalSet, values: np.ndarray, ids: list[str]) -> np.ndarray:
+    """(len(ids),) mean of ``values`` over the rows of each record in ``ids`` (in that order)."""
+    sums: dict[str, list[float]] = {}
+    for rec, v in zip(es.records, values):
+        sums.setdefault(rec.id, []).append(float(v))
+    return np.asarray([np.mean(sums[i]) for i in ids], dtype=np.float64)
 
+
+def compare(exp: EvalSet, base: EvalSet, bootstrap: Bootstrap, language: str | None = None) -> dict[str, Any]:
+    """Paired predicted and simulated lifts (eq. 10) of ``exp`` over ``base`` with intervals."""
     def ids_of(es: EvalSet) -> list[str]:
         return list(OrderedDict.fromkeys(r.id for r in es.records if language is None or r.language == language))
 
     base_ids = set(ids_of(base))
     common = [i for i in ids_of(exp) if i in base_ids]
-    out: dict[str, Any] = {"paired_records": len(common),
-                           "experiment_only_records": len(ids_of(exp)) - len(common),
+    out: dict[str, Any] = {"baseline": base.name, "paired_records": len(common),
+                           "run_only_records": len(ids_of(exp)) - len(common),
                            "baseline_only_records": len(base_ids) - len(common)}
     if not common:
-        out.update(predicted_lift=None, simulated_lift=None, gap=None,
-                   note="no record in both sets: lifts are n/a")
+        none = Interval(None).to_json()
+        out.update(predicted_lift=none, simulated_lift=none, gap=none, records_improved_simulated=None,
+                   note="no record in both runs: lifts are n/a")
         return out
     e_pred, b_pred = per_record_means(exp, exp.predicted, common), per_record_means(base, base.predicted, common)
     e_true, b_true = per_record_means(exp, exp.truth_ctcvr, common), per_record_means(base, base.truth_ctcvr, common)
-    rows = [i for i, r in enumerate(exp.records) if language is None or r.language == language]
-    resp = [exp.scores.responses[i] for i in rows]
-    # Table 1's delta through metrics.table1 (eq. 10 on the paired per-record means).
-    predicted = table1([r.compliant for r in resp], [r.diversity_score for r in resp], e_pred, b_pred)["delta_ctcvr"]
-    simulated = delta_ctcvr(e_true, b_true)
+    counts = bootstrap.counts(len(common))
     out.update(
-        predicted_ctcvr_pct={"experiment": 100 * float(np.mean(e_pred)), "baseline": 100 * float(np.mean(b_pred))},
-        simulated_ctcvr_pct={"experiment": 100 * float(np.mean(e_true)), "baseline": 100 * float(np.mean(b_true))},
-        predicted_lift=predicted,
-        simulated_lift=simulated,
-        gap=None if predicted is None or simulated is None else predicted - simulated,
-        records_improved_simulated=int(sum(e > b for e, b in zip(e_true, b_true))),
+        predicted_lift=lift_interval(e_pred, b_pred, counts).to_json(),
+        simulated_lift=lift_interval(e_true, b_true, counts).to_json(),
+        gap=lift_gap_interval(e_pred, b_pred, e_true, b_true, counts).to_json(),
+        records_improved_simulated=int(np.sum(e_true > b_true)),
     )
     return out
+
+
+def evaluate_runs(sets: list[EvalSet], baseline: str | None, bootstrap: Bootstrap) -> list[dict[str, Any]]:
+    """One result entry per scored run, in order; ``delta_vs_baseline`` None for the baseline itself."""
+    base = next((s for s in sets if s.name == baseline), None)
+    runs = []
+    for es in sets:
+        run = describe_set(es, bootstrap)
+        run["delta_vs_baseline"] = None
+        if base is not None and es is not base:
+            run["delta_vs_baseline"] = compare(es, base, bootstrap)
+            for lang, sub in run["by_language"].items():
+                sub["delta_vs_baseline"] = compare(es, base, bootstrap, lang)
+        runs.append(run)
+    return runs
+
+
+def run_result(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """The entry of run ``name`` in an evaluation.json result."""
+    for run in result["runs"]:
+        if run["name"] == name:
+            return run
+    raise KeyError(f"no run named {name!r} (runs: {[r['name'] for r in result['runs']]})")
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -342,7 +305,7 @@ def _f(x: float | None, kind: str = "num") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     if kind == "pct":
-        return f"{100 * x:.2f}%"
+        return f"{100 * x:.1f}%"
     if kind == "signed_pct":
         return f"{100 * x:+.2f}%"
     if kind == "pp":
@@ -352,84 +315,90 @@ def _f(x: float | None, kind: str = "num") -> str:
     return f"{x:.3f}"
 
 
+def _ci(m: dict[str, Any] | None, kind: str = "num") -> str:
+    """``value [lo, hi]`` of a ``{"value", "ci95"}`` entry."""
+    if not m or m.get("value") is None:
+        return "n/a"
+    ci = m.get("ci95")
+    return _f(m["value"], kind) + (f" [{_f(ci[0], kind)}, {_f(ci[1], kind)}]" if ci else "")
+
+
+def _rows(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(run["name"], run)] + [(f"&nbsp;&nbsp;{run['name']} {lang}", sub) for lang, sub in run["by_language"].items()]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
-    """The evaluation report as markdown (Tables 1 and 3, predicted vs simulated lift, notes)."""
-    s, exp, base, cmp_ = result["settings"], result["experiment"], result.get("baseline"), result.get("comparison")
+    """The evaluation report as markdown (Tables 1 and 3 with intervals, predicted vs simulated lift, notes)."""
+    s, runs, baseline = result["settings"], result["runs"], result["baseline"]
     lines = ["# RELATE evaluation", ""]
-    lines.append(f"- experiment: `{exp['file']}`: {exp['n']} texts, {exp['records']} records"
-                 + (f", model {', '.join(f'`{m}`' for m in exp['models'])}" if exp["models"] else ""))
-    if base:
-        lines.append(f"- baseline: `{base['file']}`: {base['n']} texts, {base['records']} records"
-                     + (f", model {', '.join(f'`{m}`' for m in base['models'])}" if base["models"] else ""))
-    else:
+    for run in runs:
+        lines.append(f"- run `{run['name']}`{' (baseline)' if run['name'] == baseline else ''}: `{run['file']}`: "
+                     f"{run['n']} texts, {run['records']} records"
+                     + (f", model {', '.join(f'`{m}`' for m in run['models'])}" if run["models"] else ""))
+    if baseline is None:
         lines.append("- baseline: none (every delta is n/a)")
     lines.append(f"- reward preset `{s['preset']}` (all components computed); CTCVR scorer `{s['ctcvr_model']}`; "
                  f"tokenizer `{s['tokenizer']}`" + (f"; records joined from `{s['records']}`" if s["records"] else ""))
     lines.append(f"- simulated online CTCVR: {s['simulator']}")
-    lines.append("- lifts are paired over the records both sets cover (per-record means, each record weighs equally)")
+    b = s["bootstrap"]
+    lines.append(f"- [lo, hi]: 95% bootstrap interval, {b['resamples']} resamples of records (seed {b['seed']})"
+                 if b["resamples"] else "- no intervals (--bootstrap 0)")
+    lines.append("- lifts are paired over the records both runs cover (per-record means, each record weighs equally)")
     lines.append("")
 
-    sets = [("baseline", base), ("experiment", exp)] if base else [("experiment", exp)]
-
-    def delta(name: str, key: str, lang: str | None = None) -> str:
-        if name == "baseline":
+    def delta(name: str, sub: dict[str, Any], key: str) -> str:
+        if name == baseline:
             return "(baseline)"
-        if not cmp_:
-            return "n/a"
-        c = cmp_ if lang is None else cmp_.get("by_language", {}).get(lang)
-        return _f(c.get(key), "signed_pct") if c else "n/a"
+        d = sub.get("delta_vs_baseline")
+        return "n/a" if d is None else _ci(d.get(key), "signed_pct")
 
-    lines += ["## Table 1 (paper sec. 4.2)", "",
-              "| set | Compliance Rate | Diversity | ΔCTCVR (predicted) | ΔCTCVR (simulated online) |",
-              "|---|---:|---:|---:|---:|"]
-    for name, m in sets:
-        lines.append(f"| {name} | {_f(m['table1']['compliance_rate'], 'pct')} | {_f(m['table1']['diversity'])} | "
-                     f"{delta(name, 'predicted_lift')} | {delta(name, 'simulated_lift')} |")
-        for lang, sub in m["by_language"].items():
-            lines.append(f"| &nbsp;&nbsp;{name} {lang} | {_f(sub['table1']['compliance_rate'], 'pct')} | "
-                         f"{_f(sub['table1']['diversity'])} | {delta(name, 'predicted_lift', lang)} | "
-                         f"{delta(name, 'simulated_lift', lang)} |")
-    lines += ["", "## Table 3 (paper sec. 4.4)", "",
-              "| set | Structural Quality | CTCVR(%) predicted | Diversity | Semantic Quality | CTCVR(%) simulated |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for name, m in sets:
-        for label, sub in [(name, m)] + [(f"&nbsp;&nbsp;{name} {lang}", v) for lang, v in m["by_language"].items()]:
-            t3 = sub["table3"]
-            lines.append(f"| {label} | {_f(t3['structural_quality'])} | {_f(t3['ctcvr_pct'], 'ctcvr')} | "
-                         f"{_f(t3['diversity'])} | {_f(t3['semantic_quality'])} | {_f(sub['simulated']['ctcvr_pct'], 'ctcvr')} |")
+    def table(columns: list[tuple[str, Any]]) -> list[str]:
+        """One row per run and language: ``columns`` = [(heading, cell(run name, row) -> str)]."""
+        out = ["| run | " + " | ".join(h for h, _ in columns) + " |", "|---" + "|---:" * len(columns) + "|"]
+        for run in runs:
+            out += [f"| {label} | " + " | ".join(cell(run["name"], sub) for _, cell in columns) + " |"
+                    for label, sub in _rows(run)]
+        return out
+
+    def metric(key: str, kind: str = "num") -> Any:
+        return lambda name, sub: _ci(sub["metrics"][key], kind)
+
+    lines += ["## Table 1 (paper sec. 4.2)", ""] + table([
+        ("Format OK", metric("format_ok_rate", "pct")), ("Compliance Rate", metric("compliance_rate", "pct")),
+        ("Diversity", metric("diversity")),
+        ("ΔCTCVR (predicted)", lambda name, sub: delta(name, sub, "predicted_lift")),
+        ("ΔCTCVR (simulated online)", lambda name, sub: delta(name, sub, "simulated_lift"))])
+    lines += ["", "## Table 3 (paper sec. 4.4)", ""] + table([
+        ("Structural Quality", metric("structural_quality")), ("CTCVR(%) predicted", metric("predicted_ctcvr_pct", "ctcvr")),
+        ("Diversity", metric("diversity")), ("Semantic Quality", metric("semantic_quality")),
+        ("CTCVR(%) simulated", metric("simulated_ctcvr_pct", "ctcvr"))])
     lines += ["", "## Predicted vs simulated lift (reward hacking check)", ""]
-    if not cmp_:
-        lines.append("n/a: no baseline.")
-    elif cmp_.get("predicted_lift") is None and cmp_.get("simulated_lift") is None:
-        lines.append(f"n/a: {cmp_.get('note', 'no paired records')}.")
+    compared = [run for run in runs if run["delta_vs_baseline"] is not None]
+    if not compared:
+        lines.append("n/a: no baseline run.")
     else:
-        lines += ["| | predicted (scorer) | simulated (user model) |", "|---|---:|---:|",
-                  f"| CTCVR(%) baseline | {_f(cmp_['predicted_ctcvr_pct']['baseline'], 'ctcvr')} | "
-                  f"{_f(cmp_['simulated_ctcvr_pct']['baseline'], 'ctcvr')} |",
-                  f"| CTCVR(%) experiment | {_f(cmp_['predicted_ctcvr_pct']['experiment'], 'ctcvr')} | "
-                  f"{_f(cmp_['simulated_ctcvr_pct']['experiment'], 'ctcvr')} |",
-                  f"| ΔCTCVR | {_f(cmp_['predicted_lift'], 'signed_pct')} | {_f(cmp_['simulated_lift'], 'signed_pct')} |",
-                  "",
-                  f"Gap (predicted - simulated lift): **{_f(cmp_['gap'], 'pp')}** over {cmp_['paired_records']} paired "
-                  f"records ({cmp_['records_improved_simulated']} improved under the simulator; "
-                  f"{cmp_['experiment_only_records']} experiment-only and {cmp_['baseline_only_records']} "
-                  "baseline-only records left out). A positive gap means the learned scorer rates the experiment, "
-                  "relative to the baseline, higher than the simulated users do; after RL against that scorer a "
-                  "large positive gap is reward hacking made visible."]
+        lines += ["| run vs baseline | paired records | ΔCTCVR predicted | ΔCTCVR simulated | gap (predicted - simulated) "
+                  "| records improved (simulated) |", "|---|---:|---:|---:|---:|---:|"]
+        for run in compared:
+            d = run["delta_vs_baseline"]
+            lines.append(f"| {run['name']} vs {d['baseline']} | {d['paired_records']} | "
+                         f"{_ci(d['predicted_lift'], 'signed_pct')} | {_ci(d['simulated_lift'], 'signed_pct')} | "
+                         f"{_ci(d['gap'], 'pp')} | {d['records_improved_simulated'] if d['records_improved_simulated'] is not None else 'n/a'} |")
+        lines += ["", "A positive gap means the learned scorer rates the run, relative to the baseline, higher than the "
+                  "simulated users do; after RL against that scorer a large positive gap is reward hacking made visible."]
     lines.append("")
     lines.append("Per-text rank agreement of scorer and simulator (Spearman): "
-                 + "; ".join(f"{name} {_f(m['spearman_predicted_vs_simulated'])}" for name, m in sets) + ".")
+                 + "; ".join(f"{run['name']} {_f(run['spearman_predicted_vs_simulated'])}" for run in runs) + ".")
     lines += ["", "## Details", ""]
-    for name, m in sets:
-        d = m["diversity_detail"]
-        fr = ", ".join(f"{k} {v}" for k, v in sorted(m["finish_reasons"].items())) or "n/a"
-        lines.append(f"- {name}: format ok {_f(m['format_ok_rate'], 'pct')}; finish reasons: {fr}; mean sentence "
-                     f"reward {_f(m['mean_sentence_reward'])}; simulated p_click {m['simulated']['p_click_pct']:.3f}%, "
-                     f"p_cvr {m['simulated']['p_cvr_pct']:.3f}%; G_high: {d['high_freq_ngrams']} n-grams in >= "
-                     f"{d['threshold_groups']} of {d['groups']} groups")
+    for run in runs:
+        d = run["diversity_detail"]
+        fr = ", ".join(f"{k} {v}" for k, v in sorted(run["finish_reasons"].items())) or "n/a"
+        lines.append(f"- {run['name']}: finish reasons: {fr}; mean sentence reward {_f(run['mean_sentence_reward'])}; "
+                     f"simulated p_click {run['simulated_p_click_pct']:.3f}%, p_cvr {run['simulated_p_cvr_pct']:.3f}%; "
+                     f"G_high: {d['high_freq_ngrams']} n-grams in >= {d['threshold_groups']} of {d['groups']} groups")
         for t in d["top_templates"][:3]:
             lines.append(f"  - penalised in {t['responses']} texts: `{t['text'][:60]}`")
-        for note in m["notes"]:
+        for note in run["notes"]:
             lines.append(f"  - note: {note}")
     return "\n".join(lines) + "\n"
 
@@ -441,14 +410,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI (see the module docstring)."""
     p = argparse.ArgumentParser(
         prog="python -m recipe.relate.evaluate",
-        description="Table 1 / Table 3 of the RELATE paper for a set of generated ads (optionally against a baseline "
-        "set), with the learned CTCVR scorer's prediction AND the simulator's ground-truth (fresh-impression) "
-        "CTCVR, and the gap between predicted and simulated lift. Full description: the module docstring.",
+        description="Table 1 / Table 3 of the RELATE paper, one row per run of generated ads, with 95%% bootstrap "
+        "intervals, the learned CTCVR scorer's prediction AND the simulator's ground-truth (fresh-impression) "
+        "CTCVR, and the gap between predicted and simulated lift against a baseline run. Full description: "
+        "the module docstring.",
     )
-    p.add_argument("--generations", required=True, help="experiment texts: JSONL/CSV/parquet rows with the record "
-                   "fields and 'response' (or 'title' + 'description'), e.g. from recipe.relate.generate")
-    p.add_argument("--baseline", default=None, help="baseline texts, same format (e.g. the reference ads or another "
-                   "model's generations); without it every delta is n/a")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=FILE",
+                   help="one run (table row): a name ([A-Za-z0-9_.-]) and its texts, JSONL/CSV/parquet rows with the "
+                   "record fields and 'response' (or 'title' + 'description'), e.g. from recipe.relate.generate; "
+                   "repeat for each run, in table order")
+    p.add_argument("--baseline-run", default=None, metavar="NAME",
+                   help="the run every delta is measured against (default: the --baseline file, else none)")
+    p.add_argument("--generations", default=None, help="shorthand for --run experiment=FILE")
+    p.add_argument("--baseline", default=None, help="shorthand for --run baseline=FILE --baseline-run baseline "
+                   "(e.g. the reference ads or another model's generations)")
     p.add_argument("--ctcvr-model", required=True, help="ctcvr_model directory: the learned scorer whose prediction "
                    "is Table 1's delta CTCVR and Table 3's CTCVR")
     p.add_argument("--records", default=None, help="records file (records schema, or the RL parquet): fills the "
@@ -457,19 +432,46 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default relate); the table metrics use every component whatever the preset")
     p.add_argument("--config", default=None, help="reward config YAML (a 'relate:' section or its content)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder for token lengths and n-grams (default: "
-                   "SmolLM2-135M-Instruct's; use the same one for sets you compare)")
+                   "SmolLM2-135M-Instruct's; use the same one for runs you compare)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="record-level bootstrap resamples for the 95%% intervals (default 1000; 0: no intervals)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resamples (default 0)")
     p.add_argument("--output-dir", default=None, help="where evaluation.md / evaluation.json / scored_*.jsonl go "
-                   "(default: <generations folder>/<generations stem>_evaluation)")
+                   "(default: <first file's folder>/<its stem>_evaluation)")
     p.add_argument("--quiet", action="store_true", help="do not print the report")
     return p
 
 
+def parse_runs(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[tuple[str, str]], str | None]:
+    """([(name, file)] in table order, baseline name) from --run / --generations / --baseline."""
+    runs: list[tuple[str, str]] = []
+    if args.baseline:
+        runs.append(("baseline", args.baseline))
+    if args.generations:
+        runs.append(("experiment", args.generations))
+    for spec in args.run:
+        name, sep, path = spec.partition("=")
+        if not sep or not RUN_NAME.match(name) or not path:
+            p.error(f"--run {spec!r}: expected NAME=FILE with NAME of letters, digits, '_', '.', '-'")
+        runs.append((name, path))
+    if not runs:
+        p.error("give at least one --run NAME=FILE (or --generations FILE)")
+    names = [n for n, _ in runs]
+    if len(set(names)) < len(names):
+        p.error(f"run names must be unique, got {names}")
+    baseline = args.baseline_run or ("baseline" if args.baseline else None)
+    if baseline is not None and baseline not in names:
+        p.error(f"--baseline-run {baseline!r} is not a run (runs: {names})")
+    return runs, baseline
+
+
 def scored_rows(es: EvalSet) -> list[dict[str, Any]]:
-    """Per-text scores of one set (for inspection; not a reward_fns.score output)."""
+    """Per-text scores of one run (for inspection; not a reward_fns.score output)."""
     rows = []
-    for i, (rec, raw, s) in enumerate(zip(es.records, es.raws, es.scores.responses)):
-        rows.append({"row": i + 1, "id": rec.id, "sample": raw.get("sample"), "group_id": es.groups[i],
-                     "language": rec.language, "response": es.responses[i], "compliant": s.compliant,
+    for i, (rec, raw, s) in enumerate(zip(es.records, es.ads.raws, es.scores.responses)):
+        rows.append({"row": i + 1, "id": rec.id, "sample": raw.get("sample"), "group_id": es.ads.groups[i],
+                     "language": rec.language, "query": rec.query, "response": es.responses[i],
+                     "format_ok": s.parsed.ok, "compliant": s.compliant,
                      "diversity_score": s.diversity_score, "components": s.values(),
                      "sentence_reward": s.sentence_reward, "predicted_ctcvr": float(es.predicted[i]),
                      "simulated_ctcvr": float(es.truth_ctcvr[i]), "simulated_p_click": float(es.truth_click[i]),
@@ -478,20 +480,22 @@ def scored_rows(es: EvalSet) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runs, baseline = parse_runs(parser, args)
+    bootstrap = Bootstrap(resamples=max(0, args.bootstrap), seed=args.bootstrap_seed)
     t0 = time.time()
-    from reward_fns.config import ConfigError
-    from reward_fns.score import _load_config  # the reward CLI's config loading, shared
+    from reward_fns.config import ConfigError, load_cli_config
+    from reward_fns.ctcvr import MissingReference
 
     try:
-        cfg = _load_config(args.config, args.preset)
+        cfg = load_cli_config(args.config, args.preset)
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         index = load_records_index(args.records) if args.records else None
-        exp = read_set(args.generations, "experiment", index)
-        base = read_set(args.baseline, "baseline", index) if args.baseline else None
+        sets = [read_set(path, name, index) for name, path in runs]
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -519,29 +523,29 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     ctx = RewardContext.build(cfg, tokenizer=tokenizer)
     user_model = UserModel()
-    sets = [s for s in (base, exp) if s is not None]
-    for es in tqdm(sets, desc="score sets", unit="set", disable=None):
-        score_set(es, ctx, tokenizer, scorer, user_model)
+    for es in tqdm(sets, desc="score runs", unit="run", disable=None):
+        try:
+            score_set(es, ctx, tokenizer, scorer, user_model)
+        except MissingReference as e:
+            print(f"error: {es.path}: {e}", file=sys.stderr)
+            return 2
 
     result: dict[str, Any] = {
         "settings": {"preset": cfg.preset, "ctcvr_model": str(args.ctcvr_model), "tokenizer": str(tok_dir),
                      "records": args.records, "simulator": SIMULATOR_NOTE,
-                     "diversity": "eq. 12 within each set (its own G_high across its record groups)",
-                     "lift": "eq. 10 on per-record means over the records both sets cover"},
-        "experiment": describe_set(exp),
-        "baseline": describe_set(base) if base else None,
-        "comparison": None,
+                     "diversity": "eq. 12 within each run (its own G_high across its record groups)",
+                     "lift": "eq. 10 on per-record means over the records both runs cover",
+                     "metrics": dict(METRICS),
+                     "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed, "unit": "record",
+                                   "interval": "percentile, 95%",
+                                   "held_fixed": "per-text values of the full run (G_high included)"}},
+        "baseline": baseline,
+        "runs": evaluate_runs(sets, baseline, bootstrap),
     }
-    if base is not None:
-        comparison = compare(exp, base)
-        comparison["by_language"] = {lang: compare(exp, base, lang) for lang in sorted({r.language for r in exp.records})}
-        result["comparison"] = comparison
-        result["experiment"]["table1"]["delta_ctcvr"] = comparison["predicted_lift"]
-        for lang, sub in result["experiment"]["by_language"].items():
-            sub["table1"]["delta_ctcvr"] = comparison["by_language"][lang]["predicted_lift"]
     result["seconds"] = round(time.time() - t0, 2)
 
-    out_dir = Path(args.output_dir) if args.output_dir else Path(args.generations).parent / f"{Path(args.generations).stem}_evaluation"
+    first = Path(args.generations or runs[0][1])
+    out_dir = Path(args.output_dir) if args.output_dir else first.parent / f"{first.stem}_evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(result)
     (out_dir / "evaluation.md").write_text(markdown, encoding="utf-8")

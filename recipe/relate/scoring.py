@@ -21,7 +21,7 @@ from relate_common.records import AdRecord, parse_record
 from reward_fns import (BatchCredit, RewardConfig, RewardContext, batch_credit, decode_batch_with_offsets,
                         decode_with_offsets, score_samples)
 from reward_fns.judge import JudgeRequest
-from reward_fns.ctcvr import scorer_item
+from reward_fns.ctcvr import fallback_reference, predict_with_reference, reference_ad, scorer_item
 
 from recipe.relate.relate_config import RecipeConfig
 
@@ -82,8 +82,10 @@ class SentenceScorer:
                                                    max_wait_ms=self.recipe.scorer_max_wait_ms)
             _, pred = await self._batcher.score_one(scorer_item(record, parsed.title, parsed.description))
             ref = self.reference_ctcvr.get(record.id)
-            if ref is None and record.title and record.description:
-                _, ref = await self._batcher.score_one(scorer_item(record, record.title, record.description))
+            if ref is None:  # reward_fns.ctcvr's one reference rule, per sample
+                ad = reference_ad(record)
+                ref = (await self._batcher.score_one(scorer_item(record, *ad)))[1] if ad else \
+                    fallback_reference(self.reward.ctcvr, record.id)
                 self.reference_ctcvr[record.id] = ref
             predicted, reference = [pred], [ref]
         verdicts = [await self.context.judge.ajudge(JudgeRequest.from_record(record, parsed))] if self.uses_judge else None
@@ -98,14 +100,9 @@ class SentenceScorer:
         parsed = [parse_ad(t) for t in texts]
         predicted = reference = None
         if self.ctcvr is not None:
-            missing = [r for r in {r.id: r for r in records}.values()
-                       if r.id not in self.reference_ctcvr and r.title and r.description]
-            if missing:
-                _, refs = self.ctcvr.score([scorer_item(r, r.title, r.description) for r in missing])
-                self.reference_ctcvr.update({r.id: float(p) for r, p in zip(missing, refs)})
-            _, pred = self.ctcvr.score([scorer_item(r, p.title, p.description) for r, p in zip(records, parsed)])
-            predicted = [float(p) for p in pred]
-            reference = [self.reference_ctcvr.get(r.id) for r in records]
+            pred, ref = predict_with_reference(self.ctcvr, list(records), texts, [False] * len(records), self.reward.ctcvr,
+                                               cache=self.reference_ctcvr)
+            predicted, reference = [float(p) for p in pred], [float(r) for r in ref]
         verdicts = None
         if self.uses_judge:
             verdicts = self.context.judge.judge_many([JudgeRequest.from_record(r, p) for r, p in zip(records, parsed)])
