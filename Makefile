@@ -28,7 +28,7 @@ help:
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and on its own, so the CPU build is taken (DESIGN.md section 3)
+	# torch first and on its own, so the CPU build is taken (a plain `pip install -r` would pull the CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt

@@ -3,7 +3,7 @@
     python -m recipe.relate.local_trainer relate.preset=model1 local.max_steps=30
     python -m recipe.relate.local_trainer relate.ctcvr_model_dir=/tmp/lm/ctcvr actor_rollout_ref.model.lora_rank=8
 
-verl cannot train on CPU (DESIGN.md section 3); this trainer runs the same step with the same code:
+verl's stock workers cannot train on CPU; this trainer runs the same step with the same code:
 
 =========================  =====================================================================
 step                       shared implementation

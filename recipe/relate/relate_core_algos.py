@@ -10,7 +10,7 @@ singleton-group handling are verl's; with ``alpha = 0`` or an all-zero ``token_p
 result is bit-identical to that estimator.
 
 verl hands a custom estimator only ``token_level_rewards``, ``response_mask``, ``config`` and
-``index`` (DESIGN.md section 3), so the token penalties, which need the whole batch's n-gram
+``index`` (verl/trainer/ppo/ray_trainer.py:250-279, compute_advantage), so the token penalties, which need the whole batch's n-gram
 statistics, cannot arrive as an argument through ``compute_advantage``. The RELATE trainer
 computes them and hands them over with ``pending_token_penalty`` around its call into verl's
 advantage step; ``relate_advantage`` takes them from there. Called through plain verl without
