@@ -129,43 +129,18 @@ def test_sources_of_a_package_lists_its_modules_and_configs():
 def test_every_stage_depends_on_the_code_it_runs(tmp_path):
     stages = {s.name: s for s in demo.build_stages(tmp_path, demo.SAMPLE_RECORDS, demo.SMOKE, 0)}
     assert tuple(stages) == demo.STAGE_NAMES
-    needs = {"local-train": ["local_trainer.py", "scoring.py", "relate_local.yaml", "compose.py", "scorer.py"],
-             "generate-before": ["generate.py", "local_rollout.py"], "generate-after": ["generate.py"],
-             "evaluate": ["evaluate.py", "user_model.py"], "report": ["report.py", "plots.py"],
+    verl_glue = ["verl_jobs.py", "engine.py", "env.py"]
+    needs = {"sft-dataset": ["build_sft_dataset.py"],
+             "sft-train": ["main_sft.py", "relate_sft.yaml", *verl_glue],
+             "relate-train": ["main_relate.py", "relate_trainer.py", "scoring.py", "relate_trainer.yaml", "compose.py",
+                              "scorer.py", "relate_core_algos.py", *verl_glue],
+             "generate-start": ["generate.py", "local_rollout.py"], "generate-sft": ["generate.py"],
+             "generate-relate": ["generate.py"],
+             "evaluate": ["evaluate.py", "user_model.py", "intervals.py", "generated.py"], "report": ["report.py", "plots.py"],
              "ctcvr-scorer": ["train.py"], "starting-model": ["tiny_policy.py", "assets.py"]}
     for name, files in needs.items():
         have = {p.name for p in stages[name].inputs}
         assert set(files) <= have, f"{name} lacks {set(files) - have}"
-
-
-def test_training_restarts_when_its_settings_change_and_resumes_otherwise(tmp_path, monkeypatch, capsys):
-    import recipe.relate.local_trainer as lt
-
-    runs = []
-    monkeypatch.setattr(lt, "compose_config", lambda overrides: list(overrides))
-    monkeypatch.setattr(lt, "run", lambda config: runs.append(config))
-    run_dir, data = tmp_path / "run", tmp_path / "train.parquet"
-    data.write_text("rows")
-    ckpt = run_dir / lt.CHECKPOINT_SUBDIR / "global_step_1"
-
-    def interrupted_run(config):
-        ckpt.mkdir(parents=True)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(lt, "run", interrupted_run)
-    with pytest.raises(KeyboardInterrupt):
-        demo.train_policy(["local.max_steps=2"], run_dir, [data])
-    monkeypatch.setattr(lt, "run", lambda config: runs.append(config))
-    demo.train_policy(["local.max_steps=2"], run_dir, [data])  # same settings: resume
-    assert "resuming" in capsys.readouterr().out
-    assert runs == [["local.max_steps=2"]] and not ckpt.exists(), "checkpoints are removed after the last step"
-
-    ckpt.mkdir(parents=True)
-    (run_dir / "stale.txt").write_text("from the old run")
-    demo.train_policy(["local.max_steps=3"], run_dir, [data])  # new settings: start over
-    assert "starting over" in capsys.readouterr().out
-    assert not (run_dir / "stale.txt").exists()
-    assert json.loads((run_dir / demo.RUN_FINGERPRINT).read_text())["overrides"] == ["local.max_steps=3"]
 
 
 def test_budget_overrides_are_validated():
@@ -185,8 +160,15 @@ def test_report_sections_and_examples():
     assert one.startswith("### Table 1 (x)") and "| a |" in one and "Details" not in three
     with pytest.raises(report.ReportError, match="Predicted"):
         report.markdown_sections(md, Path("e.md"), ["Predicted"])
-    before = [{"id": i, "language": lang} for i, lang in [("z1", "zh"), ("z2", "zh"), ("z3", "zh"), ("e1", "en")]]
-    assert report.pick_examples(before, before) == ["z1", "z2", "e1"]
-    with pytest.raises(report.ReportError, match="only 1"):
-        report.pick_examples(before[:1], before)
+    def rows(answers):
+        return [{"id": i, "language": lang, "response": r} for (i, lang), r in zip(
+            [("z1", "zh"), ("z2", "zh"), ("z3", "zh"), ("e1", "en"), ("e2", "en")], answers)]
+
+    # Prompts where the policies' ads differ come first (the first of each language), in file order.
+    sets = {"start": rows(["a", "b", "c", "d", "e"]), "sft": rows(["a", "x", "y", "d", "z"])}
+    assert report.pick_examples(sets) == ["z2", "z3", "e2"]
+    same = {"start": rows(["a", "b"]), "sft": rows(["a", "b"])}
+    assert report.pick_examples(same) == ["z1", "z2"]  # nothing differs: the prompts as they come
+    with pytest.raises(report.ReportError, match="answered by every policy"):
+        report.pick_examples({"start": rows(["a"]), "sft": [{"id": "other", "language": "zh", "response": "a"}]})
     assert report._fence("a ``` b").startswith("````text")

@@ -63,3 +63,46 @@ def test_a_failing_verl_job_raises_with_its_log_tail(tmp_path):
     message = str(err.value)
     assert "verl relate job failed" in message and str(job.log) in message and "no_such_section" in message
     assert "no_such_section" in job.log.read_text() and not job.final.exists()
+
+
+def test_an_interrupted_job_resumes_and_a_changed_one_starts_over(tmp_path, monkeypatch, capsys):
+    """run_job's rule around verl's own resume: the same job.json keeps the checkpoints, another empties the folder."""
+    import json
+
+    import examples.verl_jobs as vj
+
+    calls = []
+
+    def checkpoint(job, step):
+        hf = job.checkpoints / f"global_step_{step}" / "huggingface"
+        hf.mkdir(parents=True, exist_ok=True)
+        (hf / "config.json").write_text(json.dumps({"step": step}))
+        (job.checkpoints / TRACKER).write_text(str(step))
+
+    def interrupted(job, echo=True):
+        calls.append(("interrupted", job.checkpoints.is_dir()))
+        checkpoint(job, 1)
+        raise KeyboardInterrupt
+
+    def finishing(job, echo=True):
+        calls.append(("finishing", job.checkpoints.is_dir()))
+        checkpoint(job, 2)
+        return 0
+
+    data = tmp_path / "train.parquet"
+    data.write_text("rows")
+    job = Job("sft", tmp_path / "run", ("trainer.total_training_steps=2",))
+    monkeypatch.setattr(vj, "stream", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, [data])
+    monkeypatch.setattr(vj, "stream", finishing)
+    final = run_job(job, [data])  # the same job: verl finds step 1 and goes on
+    assert "resuming the interrupted run" in capsys.readouterr().out
+    assert calls == [("interrupted", False), ("finishing", True)]
+    assert json.loads((final / "config.json").read_text()) == {"step": 2} and not job.checkpoints.exists()
+
+    (job.run_dir / "stale.txt").write_text("from the old run")
+    changed = Job("sft", tmp_path / "run", ("trainer.total_training_steps=3",))
+    run_job(changed, [data])
+    assert not (job.run_dir / "stale.txt").exists()
+    assert "trainer.total_training_steps=3" in json.loads((job.run_dir / "job.json").read_text())["argv"]
