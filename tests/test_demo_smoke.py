@@ -57,7 +57,7 @@ def test_report_has_every_section_with_numbers_and_its_plots(smoke):
         assert re.search(rf"^\| {name} \|(?: {INTERVAL} \|){{5}}$", table1, flags=re.M), name
     assert tables and re.search(rf"^\| relate \|(?: {INTERVAL} \|){{5}}$", _section(text, "## Table 3"), flags=re.M)
     hacking = _section(text, "## Predicted vs simulated")
-    assert re.search(rf"^\| relate vs start \| \d+ \|", hacking, flags=re.M)
+    assert re.search(r"^\| relate vs start \| \d+ \|", hacking, flags=re.M)
     examples = _section(text, "## 5. Example ads")
     assert len(re.findall(r"^### Example \d", examples, flags=re.M)) == 3
     for name in ROWS:
