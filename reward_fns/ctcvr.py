@@ -60,18 +60,16 @@ def reference_ad(record: Any) -> tuple[str, str] | None:
     return (record.title, record.description) if record.title and record.description else None
 
 
-def predict_with_reference(scorer: Any, records: list[Any], responses: list[str], is_reference: list[bool],
+def predict_with_reference(scorer: Any, records: list[Any], parsed: list[Any], is_reference: list[bool],
                            cfg: CTCVRConfig, cache: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted pCTCVR (N,), reference pCTCVR (N,)) of N generated ads: the one reference rule.
+    """(predicted pCTCVR (N,), reference pCTCVR (N,)) of N generated ads (``parsed``: their
+    ``relate_common.ad_format.ParsedAd``, parsed once by the caller): the one reference rule.
 
     Reference of row i: its own prediction when the row IS the record's reference ad
     (``is_reference[i]``, e.g. a baseline set of reference ads); else the scorer's prediction of the
     record's reference ad (scored once per record id, kept in ``cache`` when one is given, so a
     trainer scores each reference ad once per run); else :func:`fallback_reference`.
     """
-    from relate_common.ad_format import parse_ad
-
-    parsed = [parse_ad(r) for r in responses]
     _, pred = scorer.score([scorer_item(rec, p.title, p.description) for rec, p in zip(records, parsed)])
     pred = np.asarray(pred, dtype=np.float64)
     by_id = {} if cache is None else cache

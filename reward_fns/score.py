@@ -67,7 +67,10 @@ def _ctcvr(model_dir: str | None, ads: GeneratedAds, cfg: RewardConfig) -> tuple
     scorer = load_ctcvr_scorer(model_dir)
     if scorer is None:
         return None, None, "n/a (ctcvr_model provides no CTCVRScorer)"
-    pred, ref = predict_with_reference(scorer, ads.records, ads.responses, ads.is_reference, cfg.ctcvr)
+    from relate_common.ad_format import parse_ad
+
+    pred, ref = predict_with_reference(scorer, ads.records, [parse_ad(r) for r in ads.responses], ads.is_reference,
+                                       cfg.ctcvr)
     return pred, ref, f"ctcvr_model scorer at {model_dir}"
 
 

@@ -74,7 +74,8 @@ from relate_common.ad_format import parse_ad
 from relate_common.jsonio import jsonable, write_json, write_jsonl
 from relate_common.records import AdRecord, RecordError
 from reward_fns.generated import GeneratedAds, load_records_index, read_generated
-from reward_fns.intervals import Interval, bootstrap_counts, lift_gap_interval, lift_interval, mean_interval
+from reward_fns.intervals import (Interval, bootstrap_counts, lift_gap_interval, lift_interval, mean_interval,
+                                  record_sums)
 
 SIMULATOR_NOTE = ("data_prep.user_model.UserModel, fresh impressions (p_click * p_cvr, no template fatigue: "
                   "each text is scored as if never shown before)")
@@ -131,11 +132,10 @@ def read_set(path: str, name: str, index: dict[str, dict[str, Any]] | None) -> E
 # ---- scoring ------------------------------------------------------------------------------------
 
 
-def simulate_truth(user_model: Any, es: EvalSet) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh-impression (p_click, p_cvr) of each text from the simulator's ground truth."""
+def simulate_truth(user_model: Any, es: EvalSet, parsed: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh-impression (p_click, p_cvr) of each text (``parsed``: its ParsedAd) from the simulator's ground truth."""
     ads = []
-    for rec, response in zip(es.records, es.responses):
-        p = parse_ad(response)
+    for rec, p in zip(es.records, parsed):
         ads.append({"query": rec.query, "bidword": rec.bidword, "selling_points": rec.selling_points,
                     "industry": rec.industry, "language": rec.language, "title": p.title, "description": p.description})
     p_click, p_cvr = user_model.score(ads)  # shown_before=None: fresh, no fatigue
@@ -148,9 +148,9 @@ def score_set(es: EvalSet, ctx: Any, tokenizer: Any, scorer: Any, user_model: An
     from reward_fns.ctcvr import predict_with_reference
 
     enc = [tokenizer(r, add_special_tokens=False, return_offsets_mapping=True) for r in es.responses]
-    es.predicted, reference = predict_with_reference(scorer, es.records, es.responses, es.ads.is_reference,
-                                                     ctx.cfg.ctcvr)
-    es.truth_click, es.truth_cvr = simulate_truth(user_model, es)
+    parsed = [parse_ad(r) for r in es.responses]
+    es.predicted, reference = predict_with_reference(scorer, es.records, parsed, es.ads.is_reference, ctx.cfg.ctcvr)
+    es.truth_click, es.truth_cvr = simulate_truth(user_model, es, parsed)
     es.scores = score_batch(es.records, es.responses, [e["input_ids"] for e in enc], [e["offset_mapping"] for e in enc],
                             group_ids=es.ads.groups, ctx=ctx, predicted_ctcvr=es.predicted,
                             reference_ctcvr=[float(r) for r in reference], compute="all")
@@ -242,10 +242,11 @@ def describe_set(es: EvalSet, bootstrap: Bootstrap) -> dict[str, Any]:
 
 def per_record_means(es: EvalSet, values: np.ndarray, ids: list[str]) -> np.ndarray:
     """(len(ids),) mean of ``values`` over the rows of each record in ``ids`` (in that order)."""
-    sums: dict[str, list[float]] = {}
-    for rec, v in zip(es.records, values):
-        sums.setdefault(rec.id, []).append(float(v))
-    return np.asarray([np.mean(sums[i]) for i in ids], dtype=np.float64)
+    all_ids, rec_of_row = record_index(es.records, list(range(len(es.records))))
+    sums, counts = record_sums(values, rec_of_row, len(all_ids))
+    pos = {rid: k for k, rid in enumerate(all_ids)}
+    at = np.asarray([pos[i] for i in ids], dtype=np.int64)
+    return sums[at] / counts[at]
 
 
 def compare(exp: EvalSet, base: EvalSet, bootstrap: Bootstrap, language: str | None = None) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class SentenceScorer:
         parsed = [parse_ad(t) for t in texts]
         predicted = reference = None
         if self.ctcvr is not None:
-            pred, ref = predict_with_reference(self.ctcvr, list(records), texts, [False] * len(records), self.reward.ctcvr,
+            pred, ref = predict_with_reference(self.ctcvr, list(records), parsed, [False] * len(records), self.reward.ctcvr,
                                                cache=self.reference_ctcvr)
             predicted, reference = [float(p) for p in pred], [float(r) for r in ref]
         verdicts = None
