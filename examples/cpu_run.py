@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 from data_prep.config import SAMPLE_RECORDS
-from examples.demo import SMOKE, Layout, build_stages, starting_model_dir
+from examples.demo import FULL, SMOKE, Layout, build_stages, starting_model_dir
 from examples.stages import run_stages
 
-POLICIES = ("smollm2", "tiny")
+POLICIES = ("smollm2", "tiny", "testbed")
 PREPARE_STAGES = ("rl-dataset", "impression-logs", "ctcvr-tables", "ctcvr-scorer", "starting-model")
 OVERRIDES_FILE = "overrides.txt"
 # Columns of the summary: verl's names, then every per-component reward mean and penalised-token
@@ -31,14 +31,18 @@ SUMMARY_PREFIXES = ("relate/reward/", "relate/penalised_tokens/")
 SUMMARY_LAST = ("timing_s/step",)
 
 
-def prepare(run_dir: Path, policy: str, impressions: int, seed: int) -> list[str]:
-    """Build the run's inputs under ``run_dir``; return the Hydra overrides that use them."""
-    budget = dataclasses.replace(SMOKE, policy=policy, impressions=impressions)
-    stages = [s for s in build_stages(run_dir, SAMPLE_RECORDS, budget, seed) if s.name in PREPARE_STAGES]
+def prepare(run_dir: Path, policy: str, impressions: int, seed: int, model: Path | None = None) -> list[str]:
+    """Build the run's inputs under ``run_dir``; return the Hydra overrides that use them. ``model``: a
+    policy folder to start from instead of building ``policy``'s starting model."""
+    # the smoke budget's small data, but the testbed at its full size: a 40-step testbed writes no ads
+    budget = dataclasses.replace(SMOKE, policy=policy, impressions=impressions, testbed_steps=FULL.testbed_steps,
+                                 testbed_recombined=FULL.testbed_recombined)
+    wanted = [name for name in PREPARE_STAGES if model is None or name != "starting-model"]
+    stages = [s for s in build_stages(run_dir, SAMPLE_RECORDS, budget, seed) if s.name in wanted]
     run_stages(stages, run_dir)
     layout = Layout(run_dir)
     return [
-        f"actor_rollout_ref.model.path={starting_model_dir(budget, layout)}",
+        f"actor_rollout_ref.model.path={model.resolve() if model is not None else starting_model_dir(budget, layout)}",
         f"data.train_files={layout.dataset / 'train.parquet'}",
         f"data.val_files={layout.dataset / 'val.parquet'}",
         f"relate.ctcvr_model_dir={layout.scorer}",
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="build the run's inputs and write RUN_DIR/overrides.txt")
     prep.add_argument("--run-dir", type=Path, required=True, help="the run's output folder (absolute paths are written)")
     prep.add_argument("--policy", choices=POLICIES, default="smollm2",
-                      help="smollm2: SmolLM2-135M-Instruct (default); tiny: the 2-layer tiny test policy")
+                      help="smollm2: SmolLM2-135M-Instruct (default); tiny: the 2-layer tiny test policy; "
+                           "testbed: the testbed policy (python -m testbed), built at the demo's full size")
     prep.add_argument("--impressions", type=int, default=SMOKE.impressions,
                       help=f"simulated impressions for the CTCVR scorer (default {SMOKE.impressions})")
     prep.add_argument("--seed", type=int, default=0, help="data split / simulation / scorer seed (default 0)")

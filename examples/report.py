@@ -386,6 +386,7 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> Path:
         "The SFT cold start and RELATE trained through verl's own trainers on the CPU backend, on the bundled "
         "sample records, against a learned ESMM CTCVR scorer; the simulator's ground-truth user model plays the "
         "online A/B test. Produced by `make demo` (`python -m examples.demo`).", "",
+        f"**Policy: {inputs.settings.get('policy', 'n/a')}.**", "",
         honest_note(result, inputs),
         settings_section(inputs),
         scorer_section(inputs, SCORER_RELIABILITY),

@@ -5,10 +5,11 @@
 #
 #   bash examples/run_relate_cpu.sh                                   # SmolLM2-135M-Instruct, 2 steps
 #   POLICY=tiny bash examples/run_relate_cpu.sh                       # the tiny test policy (fast)
+#   POLICY=testbed bash examples/run_relate_cpu.sh                    # the testbed (built first, ~5 min)
 #   bash examples/run_relate_cpu.sh trainer.total_training_steps=4    # any Hydra override
 #
 # Environment (defaults in brackets):
-#   POLICY       smollm2 | tiny                                  [smollm2]
+#   POLICY       smollm2 | tiny | testbed (python -m testbed)    [smollm2]
 #   PRESET       model1 | model2 | model3 | model4 | relate      [relate]
 #   RUN_DIR      the run's folder: inputs, checkpoints/, metrics.jsonl   [outputs/relate_cpu/<policy>-<preset>]
 #   IMPRESSIONS  simulated impressions for the CTCVR scorer      [50000]

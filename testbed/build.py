@@ -1,0 +1,86 @@
+"""Build the testbed: corpus -> tokenizer -> random Llama -> corpus pre-training -> a Hugging Face folder.
+
+The folder loads like any causal LM (``AutoModelForCausalLM`` / ``AutoTokenizer``), so verl's SFT
+trainer, verl's RL loop on the CPU backend and ``recipe.relate.generate`` take it as they take
+SmolLM2. ``testbed.json`` beside the weights records the settings, the corpus, the loss curve and the
+time of each phase. The folder is written under a temporary name and renamed into place, so an
+interrupted build never leaves a half-written model where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from testbed.config import TestbedConfig
+from testbed.corpus import build_corpus
+from testbed.model import CHAT_ROLES, CHATML_TEMPLATE, init_model, train_tokenizer
+from testbed.pretrain import encode_pairs, pretrain
+from relate_common.jsonio import write_json
+from relate_common.records import AdRecord
+
+REPORT_FILE = "testbed.json"
+NAME = "relate-verl testbed (not a model to deploy)"
+
+
+def build_testbed(records: Sequence[AdRecord], output: Path, config: TestbedConfig = TestbedConfig(),
+                  progress: bool = True) -> dict[str, Any]:
+    """Build the testbed from ``records`` into ``output`` (replaced if present); return its report."""
+    from tqdm import tqdm
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    pairs = build_corpus(records, recombined=config.pretrain.recombined_records, seed=config.seed,
+                         prompt_style=config.prompt_style)
+    timings["corpus_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    # The tokenizer learns what the model reads and writes: every turn of the prompts and the ads.
+    texts = [*(m["content"] for p in pairs for m in p.messages), *(p.ad for p in pairs), *CHAT_ROLES]
+    tokenizer = train_tokenizer(texts, config.tokenizer, CHATML_TEMPLATE)
+    encoded, dropped = encode_pairs(pairs, tokenizer, config.pretrain.max_length)
+    timings["tokenizer_s"] = time.perf_counter() - t
+
+    model = init_model(tokenizer, config.model, config.seed)
+    bar = tqdm(total=config.pretrain.steps, desc="testbed pre-training", unit="step", disable=not progress)
+
+    def log(row: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+
+    t = time.perf_counter()
+    curve = pretrain(model, encoded, tokenizer.pad_token_id, config.pretrain, config.seed, log)
+    bar.close()
+    timings["pretrain_s"] = time.perf_counter() - t
+
+    report = {
+        "name": NAME,
+        "config": dataclasses.asdict(config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "corpus": {
+            "pairs": len(pairs), "pairs_used": len(encoded), "dropped_over_max_length": dropped,
+            "records": len({p.record_id for p in pairs}),
+            "by_language": dict(sorted(Counter(p.language for p in pairs).items())),
+            "mean_prompt_tokens": statistics.fmean(len(e.prompt_ids) for e in encoded),
+            "mean_ad_tokens": statistics.fmean(len(e.response_ids) for e in encoded),
+        },
+        "loss_first": curve[0]["loss"], "loss_last_50": statistics.fmean(r["loss"] for r in curve[-50:]),
+        "curve": [{"step": r["step"], "loss": r["loss"]} for r in curve],
+        "timings": timings,
+    }
+    tmp = output.with_name(output.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(report, tmp / REPORT_FILE)
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(tmp, output)
+    return report
