@@ -136,7 +136,8 @@ def test_every_stage_depends_on_the_code_it_runs(tmp_path):
              "generate-start": ["generate.py", "local_rollout.py"], "generate-sft": ["generate.py"],
              "generate-relate": ["generate.py"],
              "evaluate": ["evaluate.py", "user_model.py", "intervals.py", "generated.py"], "report": ["report.py", "plots.py"],
-             "ctcvr-scorer": ["train.py"], "starting-model": ["tiny_policy.py", "assets.py"]}
+             "ctcvr-scorer": ["train.py"],
+             "starting-model": ["corpus.py", "build.py", "pretrain.py", "model.py", "simulate_logs.py", "prompts.py"]}
     for name, files in needs.items():
         have = {p.name for p in stages[name].inputs}
         assert set(files) <= have, f"{name} lacks {set(files) - have}"
