@@ -160,12 +160,13 @@ def curve_metrics(rows: list[dict[str, float]]) -> list[tuple[str, str]]:
     return metrics
 
 
-def plot_reward_curves(rows: list[dict[str, float]], path: Path, run_name: str) -> Path:
-    """Figure 3 style: one panel per reward component (and the total), reward vs training step."""
+def plot_reward_curves(rows: list[dict[str, float]], path: Path, run_name: str, policy: str) -> Path:
+    """Figure 3 style: one panel per reward component (and the total), reward vs training step; the
+    legend names the run, the title also the policy (a long name would cover the panels)."""
     tmp = _tmp_path(path)
     plots_module().plot_curves({run_name: rows}, curve_metrics(rows), tmp,
-                               title=f"Training reward per component (batch mean), {run_name}", x_key="step",
-                               x_label="training step")
+                               title=f"Training reward per component (batch mean), {run_name}\npolicy: {policy}",
+                               x_key="step", x_label="training step")
     os.replace(tmp, path)
     return path
 
@@ -378,7 +379,8 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> Path:
     rows = verl_metric_rows(inputs.relate_metrics, "RELATE training metrics")
     result = read_json(inputs.evaluation_json, "recipe.relate.evaluate result")
     copy_atomic(_require(inputs.scorer_reliability_png, "scorer reliability plot"), plots / SCORER_RELIABILITY)
-    plot_reward_curves(rows, plots / REWARD_CURVES, run_name=f"RELATE from SFT, {inputs.settings.get('policy', 'policy')}")
+    plot_reward_curves(rows, plots / REWARD_CURVES, run_name="RELATE from SFT",
+                       policy=str(inputs.settings.get("policy", "n/a")))
 
     title = "RELATE demo report"
     text = "\n".join([

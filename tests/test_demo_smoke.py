@@ -42,7 +42,7 @@ INTERVAL = rf"{NUMBER} \[{NUMBER}, {NUMBER}\]"
 
 def test_report_has_every_section_with_numbers_and_its_plots(smoke):
     text = (smoke / "report.md").read_text(encoding="utf-8")
-    assert "**Policy: testbed (the testbed" in text and "not a model to deploy" in text  # named a testbed
+    assert "**Policy: testbed (a small Llama" in text and "not a model to deploy" in text  # named a testbed
     scorer = _section(text, "## 1. CTCVR scorer")
     assert re.search(rf"\| esmm \| {NUMBER} \|", scorer) and "| oracle |" in scorer
     sft = _section(text, "## 2. SFT cold start")

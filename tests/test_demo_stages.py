@@ -143,6 +143,19 @@ def test_every_stage_depends_on_the_code_it_runs(tmp_path):
         assert set(files) <= have, f"{name} lacks {set(files) - have}"
 
 
+@pytest.mark.parametrize("budget", ["FULL", "SMOLLM2", "SMOKE"])
+def test_each_budget_passes_the_preflight_of_the_relate_job(budget, tmp_path):
+    """Every budget's RL job composes and passes verl's and our batch checks (a micro-batch that does not
+    divide the mini-batch once stopped `make demo` at its RL stage)."""
+    import subprocess
+
+    job = demo.relate_job(getattr(demo, budget), demo.Layout(tmp_path))
+    proc = subprocess.run([*job.argv(), "relate.dry_run=true"], cwd=demo.REPO, env=job.env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "preflight passed" in proc.stdout + proc.stderr
+
+
 def test_budget_overrides_are_validated():
     parse = demo.build_parser().parse_args
     assert demo.resolve_budget(parse(["--smoke", "--steps", "3"])) == demo.SMOKE.__class__(
