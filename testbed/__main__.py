@@ -64,7 +64,8 @@ def run_build(args: argparse.Namespace) -> int:
     report = build_testbed(records, args.output, config, progress=not args.no_progress)
     c, t = report["corpus"], report["timings"]
     print(f"testbed: {report['parameters']:,} parameters, vocabulary {report['vocab_size']}; corpus {c['pairs']} pairs "
-          f"({c['records']} records), prompt {c['mean_prompt_tokens']:.0f} / ad {c['mean_ad_tokens']:.0f} tokens mean")
+          f"({c['records']} records), prompt {c['mean_prompt_tokens']:.0f} / ad {c['mean_ad_tokens']:.0f} tokens mean, "
+          f"{c['dropped_over_max_length']} pairs over {config.pretrain.max_length} tokens left out")
     print(f"loss {report['loss_first']:.3f} -> {report['loss_last_50']:.3f} (mean of the last 50 steps); corpus "
           f"{t['corpus_s']:.1f} s, tokenizer {t['tokenizer_s']:.1f} s, pre-training {t['pretrain_s']:.1f} s")
     print(f"wrote {args.output}")

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TokenizerConfig:
     """A byte-level BPE trained at build time on the corpus (chosen over SmolLM2's 49,152-token
-    vocabulary by measurement: ``benchmarks/bench_testbed.py`` prints both)."""
+    vocabulary by measurement: ``benchmarks/bench_testbed_tokenizer.py`` prints both)."""
 
-    vocab_size: int = 3000  # covers both languages' frequent pieces; any byte still encodes (byte fallback)
+    vocab_size: int = 3000  # merges for both languages' frequent pieces; byte-level, so any text still encodes
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The Llama the testbed is (tied embeddings, grouped-query attention, rotary positions)."""
+    """The Llama the testbed is (tied embeddings, rotary positions; as many key/value heads as heads)."""
 
     hidden_size: int = 128
     intermediate_size: int = 384
