@@ -46,15 +46,14 @@ def main() -> int:
     from relate_common.records import load_records
     from testbed.config import TestbedConfig
     from testbed.corpus import build_corpus
-    from testbed.model import CHAT_ROLES, CHATML_TEMPLATE, init_model, train_tokenizer
+    from testbed.model import CHATML_TEMPLATE, corpus_tokenizer, init_model
     from testbed.pretrain import encode_pairs
 
     config = TestbedConfig()
     steps = 5
     pairs = build_corpus(load_records(SAMPLE_RECORDS)[0], recombined=config.pretrain.recombined_records, seed=0,
                          prompt_style=config.prompt_style)
-    bpe = train_tokenizer([*(m["content"] for p in pairs for m in p.messages), *(p.ad for p in pairs), *CHAT_ROLES],
-                          config.tokenizer, CHATML_TEMPLATE)
+    bpe = corpus_tokenizer(pairs, config.tokenizer)
     smol = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
     smol.chat_template = CHATML_TEMPLATE  # the same prompt text (SmolLM2's template renders these prompts alike)
     sample = pairs[:config.pretrain.batch_size * (steps + 1)]

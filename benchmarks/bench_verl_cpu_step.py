@@ -90,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     for policy in policies:
         inputs = prepare(root / policy, policy, args.impressions, seed=0,
                          model=args.testbed_model if policy == "testbed" else None)
-        runs = {policy: []}
+        runs = [(policy, policy, [])]  # (row name, file name, extra overrides)
         if args.poll_baseline:
-            runs[f"{policy}, 2 s poll"] = ["relate.replay_poll_interval_s=null"]
-        for name, extra in runs.items():
-            slug = name.replace(", 2 s poll", "_poll2")
+            runs.append((f"{policy}, 2 s poll", f"{policy}_poll2", ["relate.replay_poll_interval_s=null"]))
+        for name, slug, extra in runs:
             metrics = root / f"{slug}_metrics.jsonl"
             wall = timed([sys.executable, "-m", "recipe.relate.main_relate", "backend=cpu", *inputs, *sizes,
                           f"trainer.default_local_dir={root / slug / 'checkpoints'}", *extra],

@@ -21,7 +21,7 @@ from typing import Any
 
 from testbed.config import TestbedConfig
 from testbed.corpus import build_corpus
-from testbed.model import CHAT_ROLES, CHATML_TEMPLATE, init_model, train_tokenizer
+from testbed.model import corpus_tokenizer, init_model
 from testbed.pretrain import encode_pairs, pretrain
 from relate_common.jsonio import write_json
 from relate_common.records import AdRecord
@@ -42,9 +42,7 @@ def build_testbed(records: Sequence[AdRecord], output: Path, config: TestbedConf
     timings["corpus_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    # The tokenizer learns what the model reads and writes: every turn of the prompts and the ads.
-    texts = [*(m["content"] for p in pairs for m in p.messages), *(p.ad for p in pairs), *CHAT_ROLES]
-    tokenizer = train_tokenizer(texts, config.tokenizer, CHATML_TEMPLATE)
+    tokenizer = corpus_tokenizer(pairs, config.tokenizer)
     encoded, dropped = encode_pairs(pairs, tokenizer, config.pretrain.max_length)
     timings["tokenizer_s"] = time.perf_counter() - t
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from testbed.config import ModelConfig, TokenizerConfig
+from testbed.corpus import CorpusPair
 
 # ChatML's special tokens: the RL and SFT sets are chat conversations, and verl's rollout ends a
 # response on the tokenizer's EOS, which must be the chat template's end of turn.
@@ -38,6 +39,13 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, chat_template
     bpe.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
                                    chat_template=chat_template)
+
+
+def corpus_tokenizer(pairs: Sequence[CorpusPair], config: TokenizerConfig) -> Any:
+    """The testbed's tokenizer: :func:`train_tokenizer` on what the model reads and writes (every turn
+    of the prompts, the ads and the role names) with :data:`CHATML_TEMPLATE`."""
+    texts = [*(m["content"] for p in pairs for m in p.messages), *(p.ad for p in pairs), *CHAT_ROLES]
+    return train_tokenizer(texts, config, CHATML_TEMPLATE)
 
 
 def init_model(tokenizer: Any, config: ModelConfig, seed: int) -> Any:

@@ -1,8 +1,9 @@
 """Corpus pre-training of the testbed: next-token loss on the ad tokens of (prompt, ad) pairs.
 
-This is not an RL loop and not a second trainer of the product: it makes the random testbed Llama a
-model that writes the ad format and copies the prompt's facts, so that verl's SFT trainer (the cold
-start) and verl's RL loop have something to work on. Plain PyTorch, one process, seeded.
+This is not an RL loop and not a second trainer of the product: it turns the random testbed Llama
+into a model that writes the ad format with variety between samples, so that verl's SFT trainer (the
+cold start) and verl's RL loop have something to work on (it does not learn to copy the prompt's
+facts at this size: testbed/README.md). Plain PyTorch, one process, seeded.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def pretrain(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: Pr
         torch.set_num_threads(config.threads)
     torch.manual_seed(seed)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and embeddings; not norms
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
     rows = []

@@ -56,10 +56,13 @@ def format_probe(table: dict[str, dict[str, float]], title: str) -> str:
 def sample_ads(model: Any, tokenizer: Any, messages: Sequence[Sequence[dict[str, str]]], *, n: int,
                temperature: float, max_new_tokens: int, seed: int = 0) -> list[list[str]]:
     """``n`` decoded responses per prompt (greedy at temperature 0), through the project's one
-    generation path (``recipe.relate.local_rollout``: shared prompt prefixes, seeded sampling)."""
+    generation path (``recipe.relate.local_rollout``: shared prompt prefixes, seeded sampling) and
+    decoded as the reward decodes them in training (``reward_fns.attribution``)."""
     from recipe.relate.local_rollout import generate_responses, render_prompts
+    from reward_fns.attribution import decode_batch_with_offsets
 
     prompt_ids = render_prompts(tokenizer, messages)
     ids = generate_responses(model, tokenizer, prompt_ids, n, temperature=temperature, top_p=1.0,
                              max_new_tokens=max_new_tokens, seed=seed, batch_size=32, progress=False)
-    return [[tokenizer.decode(r, skip_special_tokens=True) for r in per_prompt] for per_prompt in ids]
+    texts = iter(text for text, _ in decode_batch_with_offsets(tokenizer, [r for per_prompt in ids for r in per_prompt]))
+    return [[next(texts) for _ in per_prompt] for per_prompt in ids]
