@@ -15,12 +15,12 @@ from relate_common.ad_format import render_ad
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _config(preset: str, tokenizer_dir, ctcvr_dir=None, prepare: bool = True):
+def _config(preset: str, tokenizer_dir, ctcvr_dir=None, prepare: bool = True, extra: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
     from recipe.relate.main_relate import prepare_config
 
-    overrides = [f"relate.preset={preset}", f"actor_rollout_ref.model.path={tokenizer_dir}"]
+    overrides = [f"relate.preset={preset}", f"actor_rollout_ref.model.path={tokenizer_dir}", *extra]
     if ctcvr_dir is not None:
         overrides.append(f"relate.ctcvr_model_dir={ctcvr_dir}")
     with initialize_config_dir(config_dir=str(REPO / "recipe/relate/config"), version_base=None):
@@ -149,3 +149,36 @@ def test_presets_with_ctcvr_need_a_model_dir(tokenizer_dir, tokenizer):
             load_reward_manager(_config("model2", tokenizer_dir, prepare=False), tokenizer)
     finally:
         RelateRewardManager._class_initialized = False
+
+
+def test_log_components_all_logs_every_component_and_keeps_the_preset_reward(pipeline_dir, rows, tokenizer_dir,
+                                                                             tokenizer):
+    """Model 1 rewards structure only; with relate.log_components=all (the CPU ablation's Figure 3) its
+    samples also log CTCVR and semantic quality, and the reward stays length + format."""
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from recipe.relate.reward_manager import RelateRewardManager
+    from recipe.relate.scoring import record_from_ground_truth
+
+    item = rows[0]
+    rec = record_from_ground_truth(item["reward_model"]["ground_truth"])
+    data = data_proto(item, render_ad(rec.title, rec.description, rec.language), tokenizer)
+    outs = {}
+    try:
+        for mode in ("active", "all"):
+            RelateRewardManager._class_initialized = False
+            mgr = load_reward_manager(_config("model1", tokenizer_dir, pipeline_dir / "ctcvr_model",
+                                              extra=(f"relate.log_components={mode}",)), tokenizer)
+            outs[mode] = run(mgr, data)
+    finally:
+        RelateRewardManager._class_initialized = False
+    active, full = outs["active"]["reward_extra_info"], outs["all"]["reward_extra_info"]
+    for c in ("ctcvr", "relevance", "correctness", "risk_blacklist"):
+        assert math.isnan(active[f"reward_{c}"]) and math.isfinite(full[f"reward_{c}"]), c
+    assert full["reward_ctcvr"] == pytest.approx(0.5, abs=1e-6)  # the reference ad against itself
+    assert outs["all"]["reward_score"] == outs["active"]["reward_score"] == pytest.approx(
+        full["reward_length"] + full["reward_format"])
+    with pytest.raises(ValueError, match="log_components"):
+        load_reward_manager(_config("model1", tokenizer_dir, extra=("relate.log_components=all",), prepare=False),
+                            tokenizer)
+    RelateRewardManager._class_initialized = False

@@ -480,26 +480,38 @@ def scored_rows(es: EvalSet) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    runs, baseline = parse_runs(parser, args)
-    bootstrap = Bootstrap(resamples=max(0, args.bootstrap), seed=args.bootstrap_seed)
-    t0 = time.time()
+class EvaluationError(ValueError):
+    """Unusable input (a bad row, config, --ctcvr-model or missing reference); the message names it."""
+
+
+@dataclass(frozen=True)
+class ScoredRuns:
+    """Every run scored by :func:`score_runs`, with the settings that scored them."""
+
+    sets: list[EvalSet]
+    settings: dict[str, Any]
+
+
+def score_runs(runs: list[tuple[str, str]], ctcvr_model: str | Path, *, preset: str | None = None,
+               config: str | None = None, records: str | None = None, tokenizer_dir: str | None = None,
+               bootstrap: Bootstrap = Bootstrap()) -> ScoredRuns:
+    """Read and score each ``(name, file)`` run (every component, predicted and simulated CTCVR).
+
+    The library face of the CLI: ``main`` and the CPU ablation (``examples/ablation/cpu_ablation.py``)
+    both score through it. Raises :class:`EvaluationError` naming the file, row and field.
+    """
     from reward_fns.config import ConfigError, load_cli_config
     from reward_fns.ctcvr import MissingReference
 
     try:
-        cfg = load_cli_config(args.config, args.preset)
+        cfg = load_cli_config(config, preset)
     except (ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise EvaluationError(str(e)) from e
     try:
-        index = load_records_index(args.records) if args.records else None
+        index = load_records_index(records) if records else None
         sets = [read_set(path, name, index) for name, path in runs]
     except RecordError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise EvaluationError(str(e)) from e
 
     from transformers import AutoTokenizer
 
@@ -508,41 +520,51 @@ def main(argv: list[str] | None = None) -> int:
     from reward_fns.ctcvr import load_ctcvr_scorer
 
     try:
-        if not Path(args.ctcvr_model).is_dir():
+        if not Path(ctcvr_model).is_dir():
             raise FileNotFoundError("not a directory")
-        scorer = load_ctcvr_scorer(args.ctcvr_model)
+        scorer = load_ctcvr_scorer(str(ctcvr_model))
         if scorer is None:
             raise RuntimeError("ctcvr_model provides no CTCVRScorer")
     except Exception as e:
-        print(f"error: --ctcvr-model {args.ctcvr_model}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    tok_dir = args.tokenizer
-    if tok_dir is None:
+        raise EvaluationError(f"--ctcvr-model {ctcvr_model}: {type(e).__name__}: {e}") from e
+    if tokenizer_dir is None:
         from relate_common.assets import smollm2_tokenizer_dir
 
-        tok_dir = str(smollm2_tokenizer_dir())
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        tokenizer_dir = str(smollm2_tokenizer_dir())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     ctx = RewardContext.build(cfg, tokenizer=tokenizer)
     user_model = UserModel()
     for es in tqdm(sets, desc="score runs", unit="run", disable=None):
         try:
             score_set(es, ctx, tokenizer, scorer, user_model)
         except MissingReference as e:
-            print(f"error: {es.path}: {e}", file=sys.stderr)
-            return 2
+            raise EvaluationError(f"{es.path}: {e}") from e
+    settings = {"preset": cfg.preset, "ctcvr_model": str(ctcvr_model), "tokenizer": str(tokenizer_dir),
+                "records": records, "simulator": SIMULATOR_NOTE,
+                "diversity": "eq. 12 within each run (its own G_high across its record groups)",
+                "lift": "eq. 10 on per-record means over the records both runs cover",
+                "metrics": dict(METRICS),
+                "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed, "unit": "record",
+                              "interval": "percentile, 95%",
+                              "held_fixed": "per-text values of the full run (G_high included)"}}
+    return ScoredRuns(sets, settings)
 
-    result: dict[str, Any] = {
-        "settings": {"preset": cfg.preset, "ctcvr_model": str(args.ctcvr_model), "tokenizer": str(tok_dir),
-                     "records": args.records, "simulator": SIMULATOR_NOTE,
-                     "diversity": "eq. 12 within each run (its own G_high across its record groups)",
-                     "lift": "eq. 10 on per-record means over the records both runs cover",
-                     "metrics": dict(METRICS),
-                     "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed, "unit": "record",
-                                   "interval": "percentile, 95%",
-                                   "held_fixed": "per-text values of the full run (G_high included)"}},
-        "baseline": baseline,
-        "runs": evaluate_runs(sets, baseline, bootstrap),
-    }
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runs, baseline = parse_runs(parser, args)
+    bootstrap = Bootstrap(resamples=max(0, args.bootstrap), seed=args.bootstrap_seed)
+    t0 = time.time()
+    try:
+        scored = score_runs(runs, args.ctcvr_model, preset=args.preset, config=args.config, records=args.records,
+                            tokenizer_dir=args.tokenizer, bootstrap=bootstrap)
+    except EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sets = scored.sets
+    result: dict[str, Any] = {"settings": scored.settings, "baseline": baseline,
+                              "runs": evaluate_runs(sets, baseline, bootstrap)}
     result["seconds"] = round(time.time() - t0, 2)
 
     first = Path(args.generations or runs[0][1])

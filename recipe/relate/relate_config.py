@@ -38,6 +38,11 @@ class RecipeConfig:
     # reward is computed: verl's reward-loop workers reserve no GPU, so the verl run keeps it on "cpu"
     # (recipe/relate/preflight.py refuses cuda there); local mode may use "cuda".
     scorer_device: str = "cpu"
+    # Reward components computed per training sample: "active" (the preset's, the reward's cost) or
+    # "all" (ours, for the ablation's Figure 3: every component is logged for every preset, so the
+    # curves of Model 1 show the CTCVR and semantic quality it is not rewarded for). The sentence
+    # reward is the preset's either way (reward_fns.compose.sentence_reward sums only its weights).
+    log_components: str = "active"
     # Compose and validate the config, print it, and exit without starting Ray (CPU-checkable).
     dry_run: bool = False
 
@@ -72,6 +77,10 @@ def split_relate_section(section: Any) -> tuple[RecipeConfig, RewardConfig]:
         raise ValueError(f"relate.replay_poll_interval_s must be > 0 or null, got {recipe.replay_poll_interval_s!r}")
     if not isinstance(recipe.scorer_device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", recipe.scorer_device):
         raise ValueError(f"relate.scorer_device must be cpu, cuda, cuda:N, mps or xpu[:N], got {recipe.scorer_device!r}")
+    if recipe.log_components not in ("active", "all"):
+        raise ValueError(f"relate.log_components must be 'active' or 'all', got {recipe.log_components!r}")
+    if recipe.log_components == "all" and not recipe.ctcvr_model_dir:
+        raise ValueError("relate.log_components=all logs the CTCVR component of every preset: set relate.ctcvr_model_dir")
     if recipe.sentence_estimator not in SENTENCE_ESTIMATORS:
         raise ValueError(f"relate.sentence_estimator must be one of {SENTENCE_ESTIMATORS}, got {recipe.sentence_estimator!r}")
     if "ctcvr" in reward.weights and not recipe.ctcvr_model_dir:

@@ -50,7 +50,7 @@ class SentenceScorer:
         self.context = RewardContext.build(reward, tokenizer=tokenizer, encoder_device=self.device)
         self.ctcvr = None
         self._batcher = None
-        if "ctcvr" in reward.weights:
+        if "ctcvr" in reward.weights or recipe.log_components == "all":
             from ctcvr_model.scorer import CTCVRScorer
 
             self.ctcvr = CTCVRScorer.shared(recipe.ctcvr_model_dir, device=self.device)
@@ -63,7 +63,7 @@ class SentenceScorer:
                verdicts: Sequence[Any] | None) -> list[tuple[float, dict[str, float]]]:
         """(sentence reward, scalar extra info) per response, via ``reward_fns.score_samples``."""
         scores = score_samples(records, texts, self.context, offsets=offsets, predicted_ctcvr=predicted,
-                               reference_ctcvr=reference, verdicts=verdicts)
+                               reference_ctcvr=reference, verdicts=verdicts, compute=self.recipe.log_components)
         out = []
         for i, s in enumerate(scores):
             extra = s.extra_info()
