@@ -2,7 +2,7 @@
 #   make demo        the main job on the bundled defaults (reruns skip what is done)
 #   make demo-smoke  the same pipeline at a tiny size (~2-3 min)
 #   make test   the test suite (CPU only); .ci/run calls exactly this
-#   make check-gpu-deps  pip's resolver over requirements-gpu.txt, installing nothing
+#   make check-gpu-deps  pip's resolver over requirements-gpu.txt for the GPU machine, wheels only, installing nothing
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,7 @@ help:
 	@echo "make demo-smoke  the same pipeline tiny (report: $(DEMO_SMOKE_DIR)/report.md, ~2-3 min)"
 	@echo "make test    run the test suite on CPU"
 	@echo "make install create $(VENV) and install the CPU requirements (done by demo/test)"
-	@echo "make check-gpu-deps  resolve requirements-gpu.txt with pip (--dry-run: nothing is installed)"
+	@echo "make check-gpu-deps  resolve requirements-gpu.txt with pip, wheels only (--dry-run: nothing is installed)"
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,15 +53,12 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; \
 	exit $$rc
 
-# pip's resolver over the whole GPU set, installing nothing (--dry-run; --report writes what it would
-# install). --ignore-installed: resolve every package from the index, not from what $(VENV) holds.
-# flash-attn 2.8.3 is an sdist whose setup.py imports torch: --no-build-isolation lets it see $(VENV)'s
-# (CPU) torch to write its metadata, FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE keeps it from looking for nvcc.
-# The report is then checked against every pin (python -m recipe.relate.preflight gpu-report).
+# pip's resolver over the whole GPU set for the GPU machine (CPython 3.12, Linux x86_64), installing nothing:
+# `pip install --dry-run --only-binary=:all: --report` (recipe/relate/preflight.py resolve_gpu_set). Wheels only,
+# so a line that would be compiled at install (an sdist such as flash-attn 2.8.3 from the index) fails here,
+# named, with what to do; the report is then checked against every pin and the CUDA build of each prebuilt wheel.
 check-gpu-deps: install
-	FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE $(PY) -m pip install --dry-run --ignore-installed --no-build-isolation -q \
-		--report $(GPU_DEPS_REPORT) -r requirements-gpu.txt
-	$(PY) -m recipe.relate.preflight gpu-report $(GPU_DEPS_REPORT) requirements-gpu.txt
+	$(PY) -m recipe.relate.preflight gpu-deps requirements-gpu.txt --report $(GPU_DEPS_REPORT)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis
