@@ -208,11 +208,14 @@ def sft_job(budget: Budget, layout: Layout, model_dir: Path) -> verl_jobs.Job:
     ))
 
 
-def relate_job(budget: Budget, layout: Layout) -> verl_jobs.Job:
-    """RELATE from the SFT policy through verl's loop (relate_trainer.yaml + backend=cpu)."""
+def relate_job(budget: Budget, layout: Layout, preset: str = "relate", run_dir: Path | None = None,
+               extra: tuple[str, ...] = ()) -> verl_jobs.Job:
+    """RL from the SFT policy through verl's loop (relate_trainer.yaml + backend=cpu): the demo's RELATE
+    run, or with ``preset`` / ``run_dir`` / ``extra`` overrides one run of the CPU ablation
+    (``examples/ablation/cpu_ablation.py``), identical in every other setting."""
     responses = budget.prompts_per_step * budget.group_size
-    return verl_jobs.Job("relate", layout.relate_run, (
-        "relate.preset=relate",
+    return verl_jobs.Job("relate", run_dir or layout.relate_run, (
+        f"relate.preset={preset}",
         f"relate.ctcvr_model_dir={layout.scorer}",
         f"actor_rollout_ref.model.path={layout.sft_run / 'final'}",
         f"data.train_files={layout.dataset / 'train.parquet'}",
@@ -229,6 +232,7 @@ def relate_job(budget: Budget, layout: Layout) -> verl_jobs.Job:
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={budget.micro_batch}",
         "trainer.max_actor_ckpt_to_keep=1",  # SmolLM2's model + optimizer state is ~1.6 GB a checkpoint
         "+ray_kwargs.ray_init.include_dashboard=false",
+        *extra,
     ))
 
 
@@ -268,14 +272,37 @@ def hf_files(folder: Path) -> list[Path]:
     return [folder / "config.json", folder / "model.safetensors"]
 
 
+def verl_sources() -> list[Path]:
+    """What a verl job runs: every source of ours it imports, and our Hydra configs."""
+    import recipe.relate
+
+    return [*sources_of(recipe.relate, verl_cpu, reward_fns, ctcvr_model, relate_common, verl_jobs),
+            *sorted((RECIPE / "config").rglob("*.yaml"))]
+
+
+def relate_inputs(layout: Layout) -> list[Path]:
+    """What every RL job from the SFT policy reads: the RL sets, the CTCVR scorer, the SFT policy, our code."""
+    return [layout.dataset / "train.parquet", layout.dataset / "val.parquet", layout.scorer / "config.json",
+            layout.scorer / "model.safetensors", *hf_files(verl_jobs.Job("sft", layout.sft_run, ()).final),
+            *verl_sources()]
+
+
+def generation_stage(name: str, model_dir: Path, layout: Layout, budget: Budget, output: Path) -> Stage:
+    """Greedy val generations of the policy in ``model_dir`` into ``output`` (:func:`generate`)."""
+    import recipe.relate.generate as generate_mod
+    import verl_cpu.sampling
+
+    return Stage(name, lambda: generate(model_dir, layout, budget, output),
+                 inputs=[layout.dataset / "val.parquet", *hf_files(model_dir),
+                         *sources_of(generate_mod, verl_cpu.sampling, reward_fns, relate_common)],
+                 outputs=[output], params={"max_new_tokens": budget.max_new_tokens, "eval_prompts": budget.eval_prompts})
+
+
 def build_stages(out: Path, records: Path, budget: Budget, seed: int,
                  embedding_cache: Path | None = None) -> list[Stage]:
     """The demo's stages (see the module docstring) writing under ``out``; ``embedding_cache``: the
     CTCVR scorer's embedding cache folder for its training and evaluation (None: no cache)."""
-    import recipe.relate
     import recipe.relate.evaluate as evaluate_mod
-    import recipe.relate.generate as generate_mod
-    import recipe.relate.local_rollout
     import recipe.relate.tiny_policy
     import relate_common.assets
 
@@ -291,15 +318,10 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
     scorer_files = [scorer / "config.json", scorer / "model.safetensors"]
     rl_sets = [dataset / "train.parquet", dataset / "val.parquet"]
     sft_sets = [L.sft_dataset / "train.parquet", L.sft_dataset / "val.parquet"]
-    # What verl runs: every source of ours it imports, and our Hydra configs.
-    verl_sources = [*sources_of(recipe.relate, verl_cpu, reward_fns, ctcvr_model, relate_common, verl_jobs),
-                    *sorted((RECIPE / "config").rglob("*.yaml"))]
     sft, relate = sft_job(budget, L, model_dir), relate_job(budget, L)
-    sft_inputs = [*sft_sets, *model_files, *verl_sources]
-    relate_inputs = [*rl_sets, *scorer_files, *hf_files(sft.final), *verl_sources]
+    sft_inputs = [*sft_sets, *model_files, *verl_sources()]
+    rl_inputs = relate_inputs(L)
     policy_dirs = {"start": model_dir, "sft": sft.final, "relate": relate.final}
-    generate_sources = sources_of(generate_mod, recipe.relate.local_rollout, reward_fns, relate_common)
-    gen_params = {"max_new_tokens": budget.max_new_tokens, "eval_prompts": budget.eval_prompts}
     scorer_argv = ["--table", str(tables / "train.parquet"), "--val", str(tables / "val.parquet"),
                    "--output-dir", str(scorer), "--seed", str(seed)]
     if budget.scorer_epochs is not None:
@@ -345,13 +367,10 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
               lambda: verl_jobs.run_job(sft, sft_inputs),
               inputs=sft_inputs, outputs=[*hf_files(sft.final), sft.metrics], params={"argv": sft.argv()[1:]}),
         Stage("relate-train",
-              lambda: verl_jobs.run_job(relate, relate_inputs),
-              inputs=relate_inputs, outputs=[*hf_files(relate.final), relate.metrics],
+              lambda: verl_jobs.run_job(relate, rl_inputs),
+              inputs=rl_inputs, outputs=[*hf_files(relate.final), relate.metrics],
               params={"argv": relate.argv()[1:]}),
-        *(Stage(stage, (lambda d=policy_dirs[name], o=L.generations(name): generate(d, L, budget, o)),
-                inputs=[dataset / "val.parquet", *hf_files(policy_dirs[name]), *generate_sources],
-                outputs=[L.generations(name)], params=gen_params)
-          for name, stage in POLICY_ROWS),
+        *(generation_stage(stage, policy_dirs[name], L, budget, L.generations(name)) for name, stage in POLICY_ROWS),
         Stage("evaluate",
               lambda: evaluate(L),
               inputs=[*generations, *scorer_files, *sources_of(evaluate_mod, reward_fns, data_prep.user_model,

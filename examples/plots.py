@@ -1,13 +1,12 @@
-"""Plots for the example jobs: training curves of one or several local-mode runs.
+"""Plots for the example jobs: training curves of one or several verl runs, alone or as seed bands.
 
-Pure functions: data in, a PNG out (matplotlib's headless Agg backend). Reading a run's
-``metrics.csv`` is ``recipe.relate.local_trainer.read_metrics_csv`` (re-exported here as
-:func:`read_metrics`), which leaves out the cells a step did not log (validation columns exist
-only on validation steps).
+Pure functions: data in, a PNG out (matplotlib's headless Agg backend). Rows are one dict per
+step (``examples.report.verl_metric_rows`` merges verl's FileLogger lines into them); a metric a
+step did not log is absent, never zero.
 
-    from examples.plots import plot_curves, read_metrics
-    runs = {"Model 1": read_metrics("outputs/ablation_local/model1/metrics.csv"), ...}
-    plot_curves(runs, [("critic/score/mean", "mean sentence reward r_i")], "curves.png", "Training reward")
+    from examples.plots import plot_curves, seed_bands
+    rows = {"Model 1": seed_bands([rows_seed1, rows_seed2], keys)[0], ...}
+    plot_curves(rows, [("critic/score/mean", "mean sentence reward r_i")], "curves.png", "Training reward")
 """
 
 from __future__ import annotations
@@ -16,9 +15,9 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from recipe.relate.local_trainer import read_metrics_csv as read_metrics
+__all__ = ["plot_curves", "seed_bands", "series"]
 
-__all__ = ["plot_curves", "read_metrics", "series"]
+Band = dict[str, tuple[list[float], list[float], list[float]]]  # {metric: (steps, low, high)}
 
 # A fixed colour per run position, so a run keeps its colour in every subplot (paper Figure 3
 # colours the five configurations consistently: blue, yellow, green, red, purple).
@@ -61,9 +60,32 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
     return out
 
 
+def seed_bands(seed_rows: Sequence[Sequence[Mapping[str, float]]], keys: Sequence[str],
+               x_key: str = "step") -> tuple[list[dict[str, float]], Band]:
+    """Mean rows and (min, max) bands over the runs of several seeds.
+
+    At each step a metric's mean is taken over the seeds that logged it there (so one seed's gap
+    does not drop the step); the band spans the lowest and highest of those seeds.
+    """
+    points: dict[str, dict[float, list[float]]] = {k: {} for k in keys}
+    for rows in seed_rows:
+        for k in keys:
+            for x, y in zip(*series(rows, k, x_key)):
+                points[k].setdefault(x, []).append(y)
+    mean: dict[float, dict[str, float]] = {}
+    bands: Band = {}
+    for k, by_x in points.items():
+        xs = sorted(by_x)
+        for x in xs:
+            mean.setdefault(x, {x_key: x})[k] = float(sum(by_x[x]) / len(by_x[x]))
+        bands[k] = (xs, [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs])
+    return [mean[x] for x in sorted(mean)], bands
+
+
 def plot_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], metrics: Sequence[tuple[str, str]],
                 path: str | Path, title: str, x_key: str = "step", smoothing: float = 0.0,
-                x_label: str | None = None, columns: int | None = None, notes: Mapping[str, str] | None = None) -> Path:
+                x_label: str | None = None, columns: int | None = None, notes: Mapping[str, str] | None = None,
+                bands: Mapping[str, Band] | None = None) -> Path:
     """One subplot per metric, one line per run; writes a PNG to ``path`` and returns it.
 
     runs: {run name: rows}, rows as ``read_metrics`` returns them (dicts of floats, one per step;
@@ -76,6 +98,8 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], metrics: Sequ
     notes: {run name: text} shown in the legend for a run with no point in a subplot (default
       "not logged"), so an absent line is explained rather than silently missing.
     columns: subplots per row (default: up to 2 for <= 4 metrics, else 3).
+    bands: {run name: :data:`Band`} shaded behind the run's line (e.g. the seeds' range of
+      :func:`seed_bands`, whose mean rows are then the ``runs``).
     """
     if not runs:
         raise ValueError("plot_curves: no runs to plot")
@@ -103,6 +127,9 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], metrics: Sequ
                 ax.plot([], [], color=colour, linestyle=":", label=f"{name} ({notes.get(name, 'not logged')})")
                 continue
             marker = "o" if len(xs) <= 30 else None
+            band = (bands or {}).get(name, {}).get(key)
+            if band is not None and band[0]:
+                ax.fill_between(band[0], band[1], band[2], color=colour, alpha=0.18, linewidth=0)
             if smoothing > 0:
                 ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=1.0)
                 ax.plot(xs, smooth(ys, smoothing), color=colour, linewidth=1.8, marker=marker, markersize=3.5,

@@ -74,7 +74,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_probe(args: argparse.Namespace) -> int:
     from recipe.relate.generate import read_prompts
-    from recipe.relate.local_rollout import load_policy
+    from recipe.relate.generate import load_policy
     from relate_common.jsonio import write_json
     from relate_common.records import RecordError
     from testbed.probe import format_probe, probe_rows, sample_ads

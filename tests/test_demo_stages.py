@@ -121,7 +121,7 @@ def test_sources_of_a_package_lists_its_modules_and_configs():
 
     files = sources_of(recipe.relate, recipe.relate.generate)
     names = {p.name for p in files}
-    assert {"local_trainer.py", "relate_local.yaml", "generate.py"} <= names
+    assert {"main_relate.py", "relate_trainer.yaml", "cpu.yaml", "generate.py"} <= names
     assert all(p.is_file() for p in files)
 
 
@@ -133,7 +133,7 @@ def test_every_stage_depends_on_the_code_it_runs(tmp_path):
              "sft-train": ["main_sft.py", "relate_sft.yaml", *verl_glue],
              "relate-train": ["main_relate.py", "relate_trainer.py", "scoring.py", "relate_trainer.yaml", "compose.py",
                               "scorer.py", "relate_core_algos.py", *verl_glue],
-             "generate-start": ["generate.py", "local_rollout.py"], "generate-sft": ["generate.py"],
+             "generate-start": ["generate.py", "sampling.py"], "generate-sft": ["generate.py"],
              "generate-relate": ["generate.py"],
              "evaluate": ["evaluate.py", "user_model.py", "intervals.py", "generated.py"], "report": ["report.py", "plots.py"],
              "ctcvr-scorer": ["train.py"],

@@ -233,7 +233,7 @@ def test_qwen3_prompt_through_verls_rollout_path_has_no_open_thinking_block(pape
     # verl's dataset renders with the same kwargs (rl_dataset.py:250-262), and so does local mode.
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
     assert tok.decode(ids["input_ids"] if hasattr(ids, "keys") else ids) == prompt
-    from recipe.relate.local_rollout import render_prompts
+    from recipe.relate.generate import render_prompts
 
     assert tok.decode(render_prompts(tok, [messages], kwargs)[0]) == prompt
 

@@ -1,9 +1,9 @@
-"""The two RELATE scoring steps shared by the verl run and local mode (no second implementation).
+"""The two RELATE scoring steps of the verl run (no second implementation anywhere).
 
 * ``SentenceScorer``: the sentence-level reward of responses given as token ids (decode with
   offsets, CTCVR prediction for the response and the record's reference ad, optional LLM judge,
   ``reward_fns.score_samples``). verl's reward manager calls ``score_one`` once per sample
-  (asynchronously, CTCVR micro-batched across concurrent calls); local mode calls ``score_many``.
+  (asynchronously, CTCVR micro-batched across concurrent calls).
 * ``token_credit``: the batch-level step (``reward_fns.batch_credit``) on generated token ids:
   G_high statistics, sentence-level diversity for Models 3-4, r_token for RELATE.
 """
@@ -21,7 +21,7 @@ from relate_common.records import AdRecord, parse_record
 from reward_fns import (BatchCredit, RewardConfig, RewardContext, batch_credit, decode_batch_with_offsets,
                         decode_with_offsets, score_samples)
 from reward_fns.judge import JudgeRequest
-from reward_fns.ctcvr import fallback_reference, predict_with_reference, reference_ad, scorer_item
+from reward_fns.ctcvr import fallback_reference, reference_ad, scorer_item
 
 from recipe.relate.relate_config import RecipeConfig
 
@@ -92,21 +92,6 @@ class SentenceScorer:
         result = await loop.run_in_executor(
             None, lambda: self.finish([record], [text], [offsets], predicted, reference, verdicts))
         return result[0]
-
-    # ---- many samples, synchronously (local mode) ---------------------------------------------
-    def score_many(self, records: Sequence[AdRecord], response_ids: Sequence[Sequence[int]]) -> list[tuple[float, dict[str, float]]]:
-        decoded = decode_batch_with_offsets(self.tokenizer, [list(ids) for ids in response_ids])
-        texts, offsets = [d[0] for d in decoded], [d[1] for d in decoded]
-        parsed = [parse_ad(t) for t in texts]
-        predicted = reference = None
-        if self.ctcvr is not None:
-            pred, ref = predict_with_reference(self.ctcvr, list(records), parsed, [False] * len(records), self.reward.ctcvr,
-                                               cache=self.reference_ctcvr)
-            predicted, reference = [float(p) for p in pred], [float(r) for r in ref]
-        verdicts = None
-        if self.uses_judge:
-            verdicts = self.context.judge.judge_many([JudgeRequest.from_record(r, p) for r, p in zip(records, parsed)])
-        return self.finish(records, texts, offsets, predicted, reference, verdicts)
 
 
 def token_credit(tokenizer: Any, response_ids: Sequence[Sequence[int]], group_ids: Sequence[Hashable],

@@ -1,4 +1,4 @@
-"""Local batched generation (recipe.relate.local_rollout / generate) and the evaluation command.
+"""Batched held-out generation (recipe.relate.generate: library and CLI) and the evaluation command.
 
 A tiny random-initialised Llama with the real SmolLM2 tokenizer generates on the val parquet of
 the ``pipeline_dir`` fixture; evaluation compares the reference ads with a degraded copy, scored
@@ -18,13 +18,7 @@ import torch
 from relate_common.ad_format import render_ad
 from recipe.relate import evaluate as evaluate_cli
 from recipe.relate import generate as generate_cli
-from recipe.relate.local_rollout import (
-    generate_responses,
-    load_policy,
-    render_prompts,
-    stop_token_ids,
-    trim_response,
-)
+from recipe.relate.generate import generate_responses, load_policy, render_prompts, stop_token_ids, trim_response
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,7 +54,21 @@ def _gen(policy, ids, n=1, **kw):
     return generate_responses(model, tok, ids, n, **args)
 
 
-# ---- local_rollout ------------------------------------------------------------------------------
+def test_shared_prefill_generates_the_same_samples(sharp_model, tokenizer):
+    """Sampled and greedy, with batches that cut groups (n=3, batch_size=4) and prompts of
+    different lengths: the RNG draws do not change, so the samples must not either."""
+    model, tok = sharp_model, tokenizer
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(5, 1000, (n,), generator=g).tolist() for n in (9, 4, 13)]
+    for temperature in (1.0, 0.0):
+        plain, shared = (generate_responses(model, tok, prompts, 3, temperature=temperature, top_p=0.9, max_new_tokens=12,
+                                            seed=5, batch_size=4, share_prompt_prefix=share) for share in (False, True))
+        assert shared == plain
+        assert all(len(s) == 12 for group in plain for s in group)  # the random model never stops: all tokens compared
+    assert len({tuple(s) for s in plain[0]}) == 1  # greedy: the three samples of a prompt agree
+
+
+# ---- batched generation ------------------------------------------------------------------------------
 
 
 def test_load_and_render(policy, val_rows, prompt_ids):
