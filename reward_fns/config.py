@@ -100,8 +100,13 @@ class RelevanceConfig:
 
     # Encoder spec per language, for ctcvr_model.encoders.load_encoder. Offline default for both
     # (a PyPI wheel, no model hub): the multilingual USE, because MiniLM maps Chinese to [UNK]; one encoder
-    # for both languages also keeps one similarity scale across a mixed batch. GPU users: set
-    # "Qwen/Qwen3-Embedding-0.6B" (the paper's encoder) and recalibrate cos_floor / cos_ceil.
+    # for both languages also keeps one similarity scale across a mixed batch. The encoder runs where the
+    # reward runs: in RL that is verl's reward-loop workers, on the CPU (relate.scorer_device: cpu; they
+    # reserve no GPU), also on a GPU node. There the paper's "Qwen/Qwen3-Embedding-0.6B" would cost ~1.2
+    # GFLOP per token, ~1.2e14 FLOP for a step's 1,440 responses of ~70 tokens: minutes of CPU per step,
+    # longer than the generation it must keep pace with (README "Reward workers"). Keep USE for training;
+    # the 0.6B encoder fits offline scoring on a GPU (reward_fns.score, recipe.relate.evaluate), with
+    # cos_floor / cos_ceil recalibrated for it.
     encoder: dict[str, str] = field(default_factory=lambda: {"zh": "use-multilingual", "en": "use-multilingual"})
     # ours: weights of the three context fields in the semantic part.
     field_weights: dict[str, float] = field(

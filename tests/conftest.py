@@ -74,3 +74,18 @@ def pipeline_dir(tmp_path_factory):
     ctcvr_train.main(["--table", str(root / "tables" / "train.parquet"), "--val", str(root / "tables" / "val.parquet"),
                       "--output-dir", str(root / "ctcvr_model"), "--epochs", "3", "--quiet"])
     return root
+
+
+@pytest.fixture(scope="session")
+def gpu_run_inputs(tmp_path_factory, pipeline_dir, tiny_model_dir):
+    """Every input of the GPU scripts, real and small, as their environment variables: DATA_DIR (the RL parquet
+    of data_prep/build_dataset.py), CTCVR_MODEL_DIR (a trained ctcvr_model folder) and SFT_RUN_DIR laid out as
+    verl's SFT trainer writes it (checkpoints/global_step_3/huggingface, a transformers folder: the tiny random
+    Llama; checkpoints/latest_checkpointed_iteration.txt = 3), from which run_relate_qwen3_8b.sh takes MODEL_PATH."""
+    import shutil
+
+    sft = tmp_path_factory.mktemp("sft_run")
+    shutil.copytree(tiny_model_dir, sft / "checkpoints" / "global_step_3" / "huggingface")
+    (sft / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("3")
+    return {"DATA_DIR": str(pipeline_dir / "dataset"), "CTCVR_MODEL_DIR": str(pipeline_dir / "ctcvr_model"),
+            "SFT_RUN_DIR": str(sft)}

@@ -144,12 +144,19 @@ def test_every_stage_depends_on_the_code_it_runs(tmp_path):
 
 
 @pytest.mark.parametrize("budget", ["FULL", "SMOLLM2", "SMOKE"])
-def test_each_budget_passes_the_preflight_of_the_relate_job(budget, tmp_path):
+def test_each_budget_passes_the_preflight_of_the_relate_job(budget, tmp_path, pipeline_dir, tiny_model_dir):
     """Every budget's RL job composes and passes verl's and our batch checks (a micro-batch that does not
-    divide the mini-batch once stopped `make demo` at its RL stage)."""
+    divide the mini-batch once stopped `make demo` at its RL stage), on the inputs the earlier stages write
+    (the preflight names each missing one): the real RL parquet and CTCVR model of the pipeline fixture and a
+    real transformers folder as the SFT stage's policy."""
+    import shutil
     import subprocess
 
-    job = demo.relate_job(getattr(demo, budget), demo.Layout(tmp_path))
+    layout = demo.Layout(tmp_path)
+    shutil.copytree(pipeline_dir / "dataset", layout.dataset)
+    shutil.copytree(pipeline_dir / "ctcvr_model", layout.scorer)
+    shutil.copytree(tiny_model_dir, layout.sft_run / "final")
+    job = demo.relate_job(getattr(demo, budget), layout)
     proc = subprocess.run([*job.argv(), "relate.dry_run=true"], cwd=demo.REPO, env=job.env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -59,8 +59,9 @@ def problems_of(config, **kwargs) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def script_args(tmp_path_factory) -> dict[tuple[str, int], list[str]]:
-    """(script, NNODES) -> the Hydra overrides the script hands to main_relate under DRY_RUN=1."""
+def script_args(tmp_path_factory, gpu_run_inputs) -> dict[tuple[str, int], list[str]]:
+    """(script, NNODES) -> the Hydra overrides the script hands to main_relate under DRY_RUN=1, on the real
+    inputs of tests/conftest.py gpu_run_inputs (data, CTCVR model, the SFT checkpoint as MODEL_PATH)."""
     d = tmp_path_factory.mktemp("argv")
     fake = d / "python"
     fake.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGV_OUT"\n')
@@ -69,7 +70,7 @@ def script_args(tmp_path_factory) -> dict[tuple[str, int], list[str]]:
     for name, script in SCRIPTS.items():
         for nnodes in (1, 2):
             argv = d / f"{name}-{nnodes}"
-            env = {**_env(NNODES=str(nnodes), ARGV_OUT=str(argv)), "PYTHON": str(fake)}
+            env = {**_env(NNODES=str(nnodes), ARGV_OUT=str(argv), **gpu_run_inputs), "PYTHON": str(fake)}
             subprocess.run(["bash", script], cwd=REPO, env=env, check=True, timeout=60)
             args = argv.read_bytes().decode().split("\0")[:-1]
             assert args[:2] == ["-m", "recipe.relate.main_relate"], args
@@ -115,7 +116,7 @@ def test_every_run_script_fails_with_the_old_batch_sizes(script_args, name, nnod
      "1440 responses per step = 180 rows per rank on 8 data-parallel ranks (1 node(s) x 8): 180 is not a multiple of 16"),
     ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", 2, "90 is not a multiple of 16"),
     ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", 1,
-     "a mini-batch of 480 responses is 60 rows per rank on 8 data-parallel ranks; 60 is not a multiple of 8"),
+     "a mini-batch of 1440 responses is 180 rows per rank on 8 data-parallel ranks; 180 is not a multiple of 8"),
     ("actor_rollout_ref.actor.ppo_mini_batch_size", 2,
      "a mini-batch of 72 x 5 = 360 responses does not split over 16 data-parallel ranks"),
 ])
@@ -154,13 +155,14 @@ def test_dynamic_batch_sizes_through_verls_token_packing(paper):
     assert ("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", False) in [(p.key, p.value) for p in mixed]
 
 
-def test_cpu_backend_passes(tokenizer_dir, tmp_path):
+def test_cpu_backend_passes(tiny_model_dir, pipeline_dir):
     from recipe.relate.main_relate import prepare_config
 
     for ranks in (1, 2):  # tests/test_verl_cpu_loop.py runs both
-        config = compose(["backend=cpu", f"actor_rollout_ref.model.path={tokenizer_dir}",
-                          f"relate.ctcvr_model_dir={tmp_path / 'ctcvr'}", f"trainer.n_gpus_per_node={ranks}",
-                          f"data.train_files={tmp_path / 'train.parquet'}", f"data.val_files={tmp_path / 'val.parquet'}"])
+        config = compose(["backend=cpu", f"actor_rollout_ref.model.path={tiny_model_dir}",
+                          f"relate.ctcvr_model_dir={pipeline_dir / 'ctcvr_model'}", f"trainer.n_gpus_per_node={ranks}",
+                          f"data.train_files={pipeline_dir / 'dataset' / 'train.parquet'}",
+                          f"data.val_files={pipeline_dir / 'dataset' / 'val.parquet'}"])
         assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "hf"
         prepare_config(config, launching=True)  # no vLLM rollout: no installed-version check
 
@@ -196,13 +198,17 @@ def qwen3_template() -> str:
 
 
 @pytest.fixture(scope="module")
-def qwen3_tokenizer_dir(tokenizer_dir, qwen3_template, tmp_path_factory):
-    """A local tokenizer folder (SmolLM2's vocabulary, ChatML tokens) carrying the Qwen3 chat template."""
+def qwen3_tokenizer_dir(tiny_model_dir, qwen3_template, tmp_path_factory):
+    """A local model folder (the tiny random Llama; SmolLM2's vocabulary, ChatML tokens) carrying the Qwen3 chat
+    template: a policy folder as the preflight's input check wants one (config.json and weights)."""
+    import shutil
+
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = qwen3_template
-    out = tmp_path_factory.mktemp("qwen3_template_tokenizer")
+    out = tmp_path_factory.mktemp("qwen3_template_tokenizer") / "model"
+    shutil.copytree(tiny_model_dir, out)
     tok.save_pretrained(out)
     return out
 
@@ -248,11 +254,71 @@ def test_thinking_check_reads_the_template(paper, qwen3_tokenizer_dir, tokenizer
         assert found == {THINKING_KEY: value}, override
         assert "takes enable_thinking" in str(check_thinking(paper(local, override))[0])
     # Qwen/Qwen3-8B is not in the local cache: the name decides.
-    assert policy_chat_template(paper())[0] is None
-    assert problems_of(paper(f"~{THINKING_KEY}")) == {THINKING_KEY: None}
-    assert "is a Qwen3 model" in str(check_thinking(paper(f"~{THINKING_KEY}"))[0])
+    hub = "actor_rollout_ref.model.path=Qwen/Qwen3-8B"
+    assert policy_chat_template(paper(hub))[0] is None
+    assert problems_of(paper(hub, f"~{THINKING_KEY}")) == {THINKING_KEY: None}
+    assert "is a Qwen3 model" in str(check_thinking(paper(hub, f"~{THINKING_KEY}"))[0])
     # SmolLM2's template has no thinking switch: nothing to require.
     assert check_thinking(paper(f"actor_rollout_ref.model.path={tokenizer_dir}", f"~{THINKING_KEY}")) == []
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------
+
+
+def test_every_missing_input_is_named(paper, tmp_path, tokenizer_dir):
+    from recipe.relate.preflight import check_inputs, pending_inputs
+
+    assert check_inputs(paper()) == []  # the real inputs of gpu_run_inputs
+    gone = [f"data.train_files={tmp_path / 'd' / 'train.parquet'}", f"data.val_files={tmp_path / 'd' / 'val.parquet'}",
+            f"relate.ctcvr_model_dir={tmp_path / 'ctcvr'}", f"actor_rollout_ref.model.path={tmp_path / 'policy'}"]
+    found = problems_of(paper(*gone))
+    assert found == {"data.train_files": str(tmp_path / "d" / "train.parquet"),
+                     "data.val_files": str(tmp_path / "d" / "val.parquet"),
+                     "relate.ctcvr_model_dir": str(tmp_path / "ctcvr"),
+                     "actor_rollout_ref.model.path": str(tmp_path / "policy")}
+    # a folder that is no CTCVR model, a model folder without config.json (SmolLM2's tokenizer folder)
+    (tmp_path / "ctcvr").mkdir()
+    bad = {p.key: str(p) for p in check_inputs(paper(f"relate.ctcvr_model_dir={tmp_path / 'ctcvr'}",
+                                                     f"actor_rollout_ref.model.path={tokenizer_dir}"))}
+    assert "missing file config.json: not a trained CTCVR model" in bad["relate.ctcvr_model_dir"]
+    assert "not a transformers model folder: no config.json" in bad["actor_rollout_ref.model.path"]
+    # Model 1 rewards no CTCVR; a hub name is the run's to fetch
+    assert [p.key for p in check_inputs(paper("relate.preset=model1", f"relate.ctcvr_model_dir={tmp_path / 'x'}",
+                                              "actor_rollout_ref.model.path=Qwen/Qwen3-8B"))] == []
+    # pending (dry run only): an earlier pipeline step writes it
+    pending = [f"++relate.pending_inputs=['{tmp_path / 'd'}','{tmp_path / 'policy'}']"]
+    assert [p.key for p in check_inputs(paper(*gone, *pending, "relate.dry_run=true"))] == ["relate.ctcvr_model_dir"]
+    assert [k for k, _ in pending_inputs(paper(*gone, *pending, "relate.dry_run=true"))] == [
+        "data.train_files", "data.val_files", "actor_rollout_ref.model.path"]
+    assert len(check_inputs(paper(*gone, *pending, "relate.dry_run=false"))) == 4  # a launch needs them all
+
+
+def test_validation_never_exceeds_val_max_samples(paper, pipeline_dir, tiny_model_dir, tmp_path):
+    """verl's own dataset builder on a val file of 640 prompts (the real val split repeated): the paper config
+    validates on data.val_max_samples of them, the same ones at every launch (data.seed), in one batch of at most
+    that many (trainer_base.py:718-725,752-754)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+    from verl.trainer.ppo.utils import create_rl_dataset
+
+    config = paper()
+    cap = config.data.val_max_samples
+    assert cap == 512 and config.data.val_batch_size is None
+    val = pq.read_table(pipeline_dir / "dataset" / "val.parquet")
+    big = pa.concat_tables([val] * (-(-(cap + 128) // val.num_rows)))
+    assert big.num_rows > cap
+    pq.write_table(big, tmp_path / "val.parquet")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    def build():
+        return create_rl_dataset(str(tmp_path / "val.parquet"), config.data, tok, None, is_train=False,
+                                 max_samples=config.data.get("val_max_samples", -1))
+
+    first, again = build(), build()
+    batch = config.data.val_batch_size or len(first)  # verl's val dataloader batch size
+    assert len(first) <= cap and batch <= cap and len(first) > cap - 64  # (a few over max_prompt_length dropped)
+    ids = lambda ds: [ds.dataframe[i]["extra_info"]["index"] for i in range(len(ds))]  # noqa: E731
+    assert ids(first) == ids(again)
 
 
 # ---- trainer semantics -----------------------------------------------------------------------------------
@@ -556,7 +622,8 @@ def test_judge_variables_set_here_must_be_forwarded(paper, monkeypatch):
     assert set(problems_of(paper())) == found  # run_preflight reads os.environ
     assert forward_judge_env(config, environ) == ["RELATE_JUDGE_BASE_URL", "RELATE_JUDGE_API_KEY"]
     assert check_judge_env(config, environ) == []
-    assert dict(config.ray_kwargs.ray_init.runtime_env.env_vars) == environ
+    env_vars = dict(config.ray_kwargs.ray_init.runtime_env.env_vars)  # beside the script's log folders
+    assert {k: v for k, v in env_vars.items() if k not in ("TENSORBOARD_DIR", "VERL_FILE_LOGGER_PATH")} == environ
     assert masked_config(config).ray_kwargs.ray_init.runtime_env.env_vars.RELATE_JUDGE_API_KEY == "***"
     assert SECRET not in OmegaConf.to_yaml(masked_config(config)) and SECRET not in dry_run_report(config)
     # Names come from relate.judge.*_env.
@@ -607,7 +674,8 @@ def test_launch_starts_ray_as_verl_would_and_never_prints_the_key(paper, monkeyp
 
 def test_preflight_collects_every_problem_into_one_error(paper):
     config = paper("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16", "relate.scorer_device=cuda",
-                   f"~{THINKING_KEY}", "trainer.default_local_dir=ckpt", nnodes=2)
+                   f"~{THINKING_KEY}", "trainer.default_local_dir=ckpt", "actor_rollout_ref.model.path=Qwen/Qwen3-8B",
+                   nnodes=2)
     with pytest.raises(PreflightError) as e:
         run_preflight(config)
     text = str(e.value)

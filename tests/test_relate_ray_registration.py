@@ -47,7 +47,7 @@ else:
     with initialize_config_dir(config_dir=os.path.abspath("recipe/relate/config"), version_base=None):
         config = compose(config_name="relate_trainer", overrides=["relate.preset=model1"])
     register_all()
-    prepare_config(config)
+    prepare_config(config, inputs=False)  # registration only: no data is opened
     hook = config.ray_kwargs.ray_init.runtime_env.get("worker_process_setup_hook")
 print(json.dumps({"calls": calls, "initialized": torch.cuda.is_initialized(), "hook": hook}))
 '''

@@ -25,7 +25,7 @@ def _config(preset: str, tokenizer_dir, ctcvr_dir=None, prepare: bool = True, ex
         overrides.append(f"relate.ctcvr_model_dir={ctcvr_dir}")
     with initialize_config_dir(config_dir=str(REPO / "recipe/relate/config"), version_base=None):
         config = compose(config_name="relate_trainer", overrides=overrides)
-    return prepare_config(config) if prepare else config
+    return prepare_config(config, inputs=False) if prepare else config  # the data files are read by the tests
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,30 @@ def test_log_components_all_logs_every_component_and_keeps_the_preset_reward(pip
         load_reward_manager(_config("model1", tokenizer_dir, extra=("relate.log_components=all",), prepare=False),
                             tokenizer)
     RelateRewardManager._class_initialized = False
+
+
+def test_reward_threads_set_the_workers_compute_threads(tokenizer_dir):
+    """relate.reward_threads in a process started as Ray starts a reward-loop worker (OMP_NUM_THREADS=1,
+    ray/_private/utils.py:256-271): init_class raises torch's and the BLAS pools' threads to it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = f'''
+import json, torch, threadpoolctl
+from hydra import compose, initialize_config_dir
+from recipe.relate.reward_manager import RelateRewardManager
+from transformers import AutoTokenizer
+before = [torch.get_num_threads(), sorted({{p["num_threads"] for p in threadpoolctl.threadpool_info()}})]
+with initialize_config_dir(config_dir="{REPO / 'recipe/relate/config'}", version_base=None):
+    config = compose(config_name="relate_trainer", overrides=["relate.preset=model1", "relate.reward_threads=3"])
+RelateRewardManager.init_class(config, AutoTokenizer.from_pretrained("{tokenizer_dir}"))
+print(json.dumps({{"before": before, "after": [torch.get_num_threads(),
+                  sorted({{p["num_threads"] for p in threadpoolctl.threadpool_info()}})]}}))
+'''
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["before"] == [1, [1]] and got["after"] == [3, [3]]

@@ -52,7 +52,7 @@ def _config(preset: str):
 
     with initialize_config_dir(config_dir=str(REPO / "recipe/relate/config"), version_base=None):
         cfg = compose(config_name="relate_trainer", overrides=[f"relate.preset={preset}", "relate.ctcvr_model_dir=/unused"])
-    return prepare_config(cfg)
+    return prepare_config(cfg, inputs=False)  # the trainer gets its batches from the tests
 
 
 def _put_batch(tq, tokenizer, partition: str, scores: list[float]):

@@ -5,14 +5,17 @@ Composes ``config/relate_trainer.yaml`` (verl's ``ppo_trainer`` + the ``relate:`
 verl's own ``validate_config`` and runs verl's v1 PPO loop with the ``relate`` trainer in
 ``registration.RelateTaskRunner``. Before that, ``preflight.run_preflight`` checks what would fail
 or mistrain on the cluster (batch arithmetic per rank, registrations, Qwen3 thinking, trainer mode,
-GPU requirements, scorer device, multi-node paths and judge variables) and raises every problem at
-once. With ``relate.dry_run=true`` it stops after the checks and prints the composed config (API
-keys masked), the paths the workers will open and the variables forwarded to them: no Ray, no GPU.
+GPU requirements, scorer device, multi-node paths and log folders, judge variables, and every input:
+data files, CTCVR model folder, a local policy folder) and reports every problem at once, each on a
+line naming its key and value; the run then exits 2 without launching. With ``relate.dry_run=true``
+it stops after the checks and prints the composed config (API keys masked), the paths the workers
+will open and the variables forwarded to them: no Ray, no GPU.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 
 import hydra
@@ -68,11 +71,13 @@ def masked_config(config: DictConfig) -> DictConfig:
     return copy
 
 
-def prepare_config(config: DictConfig, launching: bool = False) -> DictConfig:
+def prepare_config(config: DictConfig, launching: bool = False, inputs: bool = True) -> DictConfig:
     """Everything up to launching: registrations, judge variables, preflight, RELATE and verl validation.
 
     ``launching``: a real launch follows (``main`` without ``relate.dry_run``), so the preflight also
-    compares the installed GPU packages with requirements-gpu.txt when the rollout is vLLM.
+    compares the installed GPU packages with requirements-gpu.txt when the rollout is vLLM. ``inputs``: the
+    preflight checks that every input (data files, CTCVR model, a local policy folder) is present; ``main``
+    always does, a test of another part may compose a config whose data it never opens.
     """
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
@@ -82,7 +87,7 @@ def prepare_config(config: DictConfig, launching: bool = False) -> DictConfig:
     register_all()
     split_relate_section(config.relate)  # raises with the offending key
     forward_judge_env(config)
-    run_preflight(config, launching=launching)  # raises PreflightError listing every problem
+    run_preflight(config, launching=launching, inputs=inputs)  # raises PreflightError listing every problem
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     return config
 
@@ -135,10 +140,13 @@ def launch(config: DictConfig) -> None:
 
 
 def dry_run_report(config: DictConfig) -> str:
-    """What DRY_RUN prints after the config: the paths other processes open, the forwarded variables."""
-    from recipe.relate.preflight import judge_env_names, path_settings
+    """What DRY_RUN prints after the config: the paths other processes open, the inputs an earlier pipeline step
+    writes (``relate.pending_inputs``), the forwarded variables."""
+    from recipe.relate.preflight import judge_env_names, path_settings, pending_inputs
 
     lines = [f"relate: path {key}={', '.join(paths)}" for key, paths in path_settings(config).items()]
+    lines += [f"relate: input {key}={path}: pending (an earlier pipeline step writes it)"
+              for key, path in pending_inputs(config)]
     env_vars = (config.ray_kwargs.ray_init.get("runtime_env") or {}).get("env_vars") or {}
     secrets = set(secret_env_names(config))
     forwarded = [f"{name}{' (value masked)' if name in secrets else ''}" for name, _ in judge_env_names(config)
@@ -148,9 +156,21 @@ def dry_run_report(config: DictConfig) -> str:
     return "\n".join(lines)
 
 
+# Exit status of a run stopped before launch by the preflight or an invalid relate section: the problems are on
+# stderr, one per line (key=value: why), without a traceback. 2, as for every CLI here given invalid input.
+EXIT_PREFLIGHT = 2
+
+
 @hydra.main(config_path="config", config_name="relate_trainer", version_base=None)
 def main(config: DictConfig) -> None:
-    prepare_config(config, launching=not config.relate.dry_run)
+    from recipe.relate.preflight import PreflightError
+    from reward_fns.config import ConfigError
+
+    try:
+        prepare_config(config, launching=not config.relate.dry_run)
+    except (PreflightError, ConfigError) as e:
+        print(f"{e}\nnot launching (exit {EXIT_PREFLIGHT})", file=sys.stderr)
+        sys.exit(EXIT_PREFLIGHT)
     if config.relate.dry_run:
         _, reward = split_relate_section(config.relate)
         # Markers let scripts and tests cut the YAML out of verl's log lines on stdout.

@@ -12,8 +12,10 @@ not skip an existing group. On that platform the group is created from torchrun'
 
 The checkpoint's ``global_step_N/huggingface`` folder (``checkpoint.save_contents`` holds
 ``hf_model``) is a transformers model: the RL scripts take it as their starting policy
-(``MODEL_PATH=...`` for ``run_relate_qwen3_8b.sh``, ``actor_rollout_ref.model.path=...`` for
-``run_relate_cpu.sh``).
+(``run_relate_qwen3_8b.sh`` finds the newest one by itself through ``latest_checkpointed_iteration.txt``;
+``actor_rollout_ref.model.path=...`` for ``run_relate_cpu.sh``). Before training, every input (the SFT
+parquet files, a local model folder) must be present: each missing one is named and the run exits 2.
+``relate.dry_run=true`` (``DRY_RUN=1`` in the scripts) prints the composed config and stops there.
 """
 
 from __future__ import annotations
@@ -41,10 +43,52 @@ def run_sft(config: DictConfig) -> None:
     destroy_global_process_group()
 
 
+def input_problems(config: DictConfig) -> tuple[list, list[tuple[str, str]]]:
+    """(problems, pending) of the SFT run's inputs: the SFT parquet files and a local starting-model folder
+    (a hub name is left to the run). ``relate.pending_inputs`` (dry run only): inputs an earlier step of
+    examples/run_pipeline_qwen3_8b.sh writes, reported as pending instead of missing."""
+    from pathlib import Path
+
+    from recipe.relate.preflight import Problem, is_pending, model_folder_problems
+
+    pending = tuple(config.relate.pending_inputs or ()) if config.relate.dry_run else ()
+    problems, later = [], []
+
+    def missing(key: str, path: str, why: str) -> None:
+        (later.append((key, path)) if is_pending(path, pending) else problems.append(Problem(key, path, why)))
+
+    for key in ("data.train_files", "data.val_files"):
+        value = config.data.get(key.split(".", 1)[1])
+        for path in ([value] if isinstance(value, str) else list(value or [])):
+            if "://" not in str(path) and not Path(str(path)).is_file():
+                missing(key, str(path), "no such file: the SFT parquet of data_prep/build_sft_dataset.py "
+                                        "(--output-dir DIR writes DIR/train.parquet and DIR/val.parquet)")
+    problems += model_folder_problems(config, ("model.path", "model.tokenizer_path"), missing)
+    return problems, later
+
+
 @hydra.main(config_path="config", config_name="relate_sft", version_base=None)
 def main(config: DictConfig) -> None:
+    import sys
+
+    from omegaconf import OmegaConf
     from verl.utils.device import auto_set_device
 
+    from recipe.relate.main_relate import CONFIG_BEGIN, CONFIG_END, EXIT_PREFLIGHT
+    from recipe.relate.preflight import PreflightError
+
+    problems, pending = input_problems(config)
+    if problems:
+        print(f"{PreflightError(problems)}\nnot launching (exit {EXIT_PREFLIGHT})", file=sys.stderr)
+        sys.exit(EXIT_PREFLIGHT)
+    if config.relate.dry_run:
+        print(f"{CONFIG_BEGIN}\n{OmegaConf.to_yaml(config, resolve=True)}{CONFIG_END}")
+        for key, path in pending:
+            print(f"relate: input {key}={path}: pending (an earlier pipeline step writes it)")
+        print(f"relate: checkpoints {config.trainer.default_local_dir}/global_step_N/huggingface (the RL starting "
+              "policy; latest_checkpointed_iteration.txt holds N)")
+        print("config composed, inputs present (relate.dry_run=true): not launching")
+        return
     auto_set_device(config)  # as verl's main (sft_trainer.py:449-452)
     run_sft(config)
 

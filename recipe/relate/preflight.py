@@ -18,8 +18,11 @@ one :class:`PreflightError`. Where verl has the code that would fail, the check 
 5. GPU requirements: ``requirements-gpu.txt`` fully pinned and in agreement with verl's extras
    metadata (and, right before a real vLLM launch, with what is installed);
 6. the reward workers' scorer device (``relate.scorer_device``) against the GPUs they reserve;
-7. multi-node: absolute data / model / checkpoint paths; judge endpoint variables forwarded to
-   the Ray workers.
+7. multi-node: absolute data / model / checkpoint / cache paths and log folders (TENSORBOARD_DIR,
+   VERL_FILE_LOGGER_PATH in the Ray workers' environment); judge endpoint variables forwarded to
+   the Ray workers;
+8. inputs: every data file, the CTCVR model folder and a local policy folder present (each missing
+   one named: ``main_relate`` exits 2).
 
 ``python -m recipe.relate.preflight requirements [FILE]`` runs check 5 alone;
 ``python -m recipe.relate.preflight gpu-deps [FILE]`` (``make check-gpu-deps``) resolves the set with pip for
@@ -706,15 +709,33 @@ def _is_absolute(path: str) -> bool:
     return os.path.isabs(path) or "://" in path  # hdfs://... is fetched by verl's copy_to_local
 
 
+# verl's loggers and where they write when the variable is not set, relative to the working directory of the
+# TaskRunner, which Ray places on any node: tensorboard_log/<project>/<experiment> (utils/tracking.py:557) and
+# ./<project>/<experiment>.jsonl (tracking.py:534-539). The GPU scripts set both, absolute, through
+# ray_kwargs.ray_init.runtime_env.env_vars: environment variables reach Ray workers only that way.
+LOG_ENV = {"tensorboard": "TENSORBOARD_DIR", "file": "VERL_FILE_LOGGER_PATH"}
+
+
+def _loggers(config: Any) -> list[str]:
+    value = _get(config, "trainer.logger") or []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def path_settings(config: Any) -> dict[str, list[str]]:
-    """The path-valued keys other nodes open: {key: [paths]}."""
+    """The path-valued keys other nodes open: {key: [paths]} (log folders as their runtime_env variable)."""
     out: dict[str, list[str]] = {}
-    for key in ("data.train_files", "data.val_files", "relate.ctcvr_model_dir", "trainer.default_local_dir"):
+    for key in ("data.train_files", "data.val_files", "relate.ctcvr_model_dir", "relate.relevance.cache_dir",
+                "trainer.default_local_dir"):
         value = _get(config, key)
         if value is None:
             continue
         out[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" \
             else [str(value)]
+    env_vars = _get(config, "ray_kwargs.ray_init.runtime_env.env_vars") or {}
+    for logger in _loggers(config):
+        name = LOG_ENV.get(logger)
+        if name is not None:
+            out[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = [str(env_vars.get(name) or "")]
     return out
 
 
@@ -722,10 +743,100 @@ def check_paths(config: Any) -> list[Problem]:
     """With several nodes a relative path resolves in each node's own working directory."""
     if int(config.trainer.nnodes) <= 1:
         return []
-    return [Problem(key, value if len(value) > 1 else value[0],
-                    f"relative with trainer.nnodes={config.trainer.nnodes}: each node's Ray workers resolve it in their "
-                    "own working directory; give an absolute path on storage all nodes share")
-            for key, value in path_settings(config).items() if not all(_is_absolute(v) for v in value)]
+    problems = []
+    for key, value in path_settings(config).items():
+        if value == [""]:  # a logger's variable, unset
+            problems.append(Problem(key, None, f"unset with trainer.nnodes={config.trainer.nnodes}: verl's "
+                                               f"{key.rsplit('.', 1)[-1]} logger then writes relative to the working "
+                                               "directory of the node Ray puts the TaskRunner on (utils/tracking.py:"
+                                               "534-539,557); give an absolute path"))
+        elif not all(_is_absolute(v) for v in value):
+            problems.append(Problem(key, value if len(value) > 1 else value[0],
+                                    f"relative with trainer.nnodes={config.trainer.nnodes}: each node's Ray workers "
+                                    "resolve it in their own working directory; give an absolute path on storage all "
+                                    "nodes share"))
+    return problems
+
+
+# ---- 8. inputs -------------------------------------------------------------------------------------------
+
+# What a hub model name looks like (org/name); anything else, or a folder that exists, is a local path.
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_pending(path: str, pending: Iterable[str]) -> bool:
+    """Whether ``path`` is, or lies under, one of ``pending`` (inputs an earlier pipeline step writes)."""
+    target = Path(path).expanduser().absolute()
+    for p in pending:
+        base = Path(p).expanduser().absolute()
+        if target == base or base in target.parents:
+            return True
+    return False
+
+
+def pending_inputs(config: Any) -> list[tuple[str, str]]:
+    """(key, path) of the inputs that are absent now but named in ``relate.pending_inputs`` (dry run only)."""
+    return _inputs(config)[1]
+
+
+def check_inputs(config: Any) -> list[Problem]:
+    """Every input a run opens, present: the data files, the CTCVR model folder (presets that reward or log CTCVR)
+    and a local policy / tokenizer folder. A remote path (hdfs://..., fetched by verl's copy_to_local) or a hub
+    model name (org/name that is no local folder) is left to the run. In a dry run, an absent input listed in
+    ``relate.pending_inputs`` (an earlier pipeline step writes it) is not a problem (see pending_inputs)."""
+    return _inputs(config)[0]
+
+
+def _inputs(config: Any) -> tuple[list[Problem], list[tuple[str, str]]]:
+    from recipe.relate.relate_config import split_relate_section
+
+    recipe, reward = split_relate_section(config.relate)
+    pending = recipe.pending_inputs if recipe.dry_run else ()
+    problems: list[Problem] = []
+    later: list[tuple[str, str]] = []
+
+    def missing(key: str, path: str, why: str) -> None:
+        if is_pending(path, pending):
+            later.append((key, path))
+        else:
+            problems.append(Problem(key, path, why))
+
+    for key in ("data.train_files", "data.val_files"):
+        for path in path_settings(config).get(key, []):
+            if "://" not in path and not Path(path).is_file():
+                missing(key, path, "no such file: the RL parquet of data_prep/build_dataset.py "
+                                   "(--output-dir DIR writes DIR/train.parquet and DIR/val.parquet)")
+    folder = recipe.ctcvr_model_dir
+    if folder and "://" not in str(folder) and ("ctcvr" in reward.weights or recipe.log_components == "all"):
+        from ctcvr_model.checkpoint import WEIGHTS_FILE, read_config
+        from ctcvr_model.schema import ModelDirError
+
+        try:
+            read_config(folder)  # what CTCVRScorer.load reads first (ctcvr_model/scorer.py)
+            if not (Path(folder) / WEIGHTS_FILE).is_file():
+                raise ModelDirError(folder, f"missing file {WEIGHTS_FILE}", "Retrain it: python -m ctcvr_model.train.")
+        except ModelDirError as e:
+            missing("relate.ctcvr_model_dir", str(folder), f"{e.problem}: not a trained CTCVR model. {e.fix}")
+    problems += model_folder_problems(config, ("actor_rollout_ref.model.path", "actor_rollout_ref.model.tokenizer_path"),
+                                      missing)
+    return problems, later
+
+
+def model_folder_problems(config: Any, keys: Iterable[str], missing: Callable[[str, str, str], None]) -> list[Problem]:
+    """A local model folder at each of ``keys`` (a hub name org/name or a remote path is left to the run):
+    ``missing(key, path, why)`` for an absent one; a folder without config.json is returned as a problem."""
+    problems = []
+    for key in keys:
+        value = _get(config, key)
+        if value is None or "://" in str(value):
+            continue
+        path = Path(str(value)).expanduser()
+        if path.is_dir():
+            if not key.endswith("tokenizer_path") and not (path / "config.json").is_file():
+                problems.append(Problem(key, str(value), "not a transformers model folder: no config.json"))
+        elif not (HUB_NAME.fullmatch(str(value)) and not str(value).startswith(".")):
+            missing(key, str(value), "no such folder: a local model folder that the run loads on every rank")
+    return problems
 
 
 def judge_env_names(config: Any) -> list[tuple[str, bool]]:
@@ -750,17 +861,21 @@ def check_judge_env(config: Any, environ: Mapping[str, str] | None = None) -> li
 
 CHECKS: tuple[Callable[[Any], list[Problem]], ...] = (
     check_batch_sizes, check_registration, check_thinking, check_trainer_mode, check_scorer_device, check_paths,
-    check_judge_env,
+    check_judge_env, check_inputs,
 )
 
 
 def run_preflight(config: Any, *, launching: bool = False, requirements: Path | str = GPU_REQUIREMENTS,
-                  environ: Mapping[str, str] | None = None) -> None:
-    """Raise :class:`PreflightError` listing every problem; ``launching``: a real launch is next."""
+                  environ: Mapping[str, str] | None = None, inputs: bool = True) -> None:
+    """Raise :class:`PreflightError` listing every problem; ``launching``: a real launch is next; ``inputs``:
+    check that every input is present (main_relate always does; tests of other parts may compose a config
+    whose data they never open)."""
     import recipe.relate.relate_trainer  # noqa: F401  registers trainer "relate" in verl's TRAINER_REGISTRY
 
     problems: list[Problem] = []
     for check in CHECKS:
+        if check is check_inputs and not inputs:
+            continue
         try:
             problems += check_judge_env(config, environ) if check is check_judge_env else check(config)
         except PreflightError:

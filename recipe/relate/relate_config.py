@@ -36,15 +36,22 @@ class RecipeConfig:
     replay_poll_interval_s: float | None = None
     # Device of the reward scorer (CTCVR net and its text encoder, the relevance encoders) where the
     # reward is computed: verl's reward-loop workers reserve no GPU, so the verl run keeps it on "cpu"
-    # (recipe/relate/preflight.py refuses cuda there); local mode may use "cuda".
+    # (recipe/relate/preflight.py refuses cuda there).
     scorer_device: str = "cpu"
     # Reward components computed per training sample: "active" (the preset's, the reward's cost) or
     # "all" (ours, for the ablation's Figure 3: every component is logged for every preset, so the
     # curves of Model 1 show the CTCVR and semantic quality it is not rewarded for). The sentence
     # reward is the preset's either way (reward_fns.compose.sentence_reward sums only its weights).
     log_components: str = "active"
+    # torch and BLAS threads of each reward-loop worker process (set once in RelateRewardManager.init_class);
+    # None leaves what Ray gave the actor: one thread (ray/_private/utils.py:256-271).
+    reward_threads: int | None = None
     # Compose and validate the config, print it, and exit without starting Ray (CPU-checkable).
     dry_run: bool = False
+    # Dry run only: inputs an earlier step of examples/run_pipeline_qwen3_8b.sh will write (files, or folders
+    # whose contents count as written). The preflight reports them as pending instead of missing; a real launch
+    # ignores this and needs every input present.
+    pending_inputs: tuple[str, ...] = ()
 
 
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(RecipeConfig))
@@ -72,11 +79,16 @@ def split_relate_section(section: Any) -> tuple[RecipeConfig, RewardConfig]:
     """
     data = to_plain(section)
     recipe = RecipeConfig(**{k: data.pop(k) for k in RECIPE_KEYS if k in data})
+    if not isinstance(recipe.pending_inputs, (list, tuple)):
+        raise ValueError(f"relate.pending_inputs must be a list of paths, got {recipe.pending_inputs!r}")
+    recipe = dataclasses.replace(recipe, pending_inputs=tuple(str(p) for p in recipe.pending_inputs))
     reward = RewardConfig.from_dict(data)
     if recipe.replay_poll_interval_s is not None and not recipe.replay_poll_interval_s > 0:
         raise ValueError(f"relate.replay_poll_interval_s must be > 0 or null, got {recipe.replay_poll_interval_s!r}")
     if not isinstance(recipe.scorer_device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", recipe.scorer_device):
         raise ValueError(f"relate.scorer_device must be cpu, cuda, cuda:N, mps or xpu[:N], got {recipe.scorer_device!r}")
+    if recipe.reward_threads is not None and not (isinstance(recipe.reward_threads, int) and recipe.reward_threads >= 1):
+        raise ValueError(f"relate.reward_threads must be a whole number >= 1 or null, got {recipe.reward_threads!r}")
     if recipe.log_components not in ("active", "all"):
         raise ValueError(f"relate.log_components must be 'active' or 'all', got {recipe.log_components!r}")
     if recipe.log_components == "all" and not recipe.ctcvr_model_dir:
