@@ -113,6 +113,18 @@ def test_difference_is_antisymmetric_and_a_shift_moves_it_exactly(a, b, shift):
     assert t3.verdict(ab, +1) in ("reproduced", "opposite", "not separated")
     if ab["ci95"][0] > 0:
         assert t3.verdict(ab, +1) == "reproduced" and t3.verdict(ab, -1) == "opposite"
+    elif ab["ci95"][1] < 0:
+        assert t3.verdict(ab, -1) == "reproduced" and t3.verdict(ab, +1) == "opposite"
+    else:  # the interval holds 0: no claim in either direction is decided
+        assert t3.verdict(ab, +1) == t3.verdict(ab, -1) == "not separated"
+
+
+@pytest.mark.parametrize("sign", [+1, -1])
+def test_an_interval_that_holds_zero_decides_nothing_in_either_direction(sign):
+    straddle = {"value": -0.1, "seeds": [-0.1, -0.1], "ci95": [-0.26, 0.04]}
+    assert t3.verdict(straddle, sign) == "not separated"
+    below = {"value": -0.1, "seeds": [-0.1, -0.2], "ci95": [-0.26, -0.01]}
+    assert t3.verdict(below, sign) == ("opposite" if sign > 0 else "reproduced")
 
 
 # ---- Figure 3's seed bands and the curve plot -----------------------------------------------------

@@ -132,9 +132,10 @@ def verdict(diff: dict, sign: int, mechanism_acted: bool = True) -> str:
     ci, seeds = diff["ci95"], diff["seeds"]
     if ci is None or any(not math.isfinite(s) for s in seeds):
         return "not separated"
-    if sign * ci[0] > 0 and all(sign * s > 0 for s in seeds):
+    lo, hi = sorted((sign * ci[0], sign * ci[1]))  # the interval on the paper's side: > 0 agrees with the paper
+    if lo > 0 and all(sign * s > 0 for s in seeds):
         return "reproduced"
-    if sign * ci[1] < 0 and all(sign * s < 0 for s in seeds):
+    if hi < 0 and all(sign * s < 0 for s in seeds):
         return "opposite"
     return "not separated"
 
