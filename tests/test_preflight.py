@@ -236,7 +236,7 @@ def test_qwen3_prompt_through_verls_rollout_path_has_no_open_thinking_block(pape
     assert prompt.count("<think>") == 1 == prompt.count("</think>")
     unset = render({})
     assert unset.endswith("<|im_start|>assistant\n") and "<think>" not in unset  # the model would open one
-    # verl's dataset renders with the same kwargs (rl_dataset.py:250-262), and so does local mode.
+    # verl's dataset renders with the same kwargs (rl_dataset.py:250-262), and so does recipe.relate.generate.
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
     assert tok.decode(ids["input_ids"] if hasattr(ids, "keys") else ids) == prompt
     from recipe.relate.generate import render_prompts
