@@ -27,7 +27,7 @@ sample (``--ctcvr-model``; default: simulate 200k impressions, build the tables,
     as the GPU scripts set it. Worker start-up (verl import, encoders, CTCVR model) is reported apart.
 
 Defaults: --workers and --threads as examples/run_relate_qwen3_8b.sh sizes them for this node (its cores
-less 2 per GPU of an 8-GPU node, / 2 threads; at least 1 worker).
+less 2 per GPU of an 8-GPU node, one thread each; at least 1 worker).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ GPUS_PER_NODE = 8
 
 def script_sizing(cores: int) -> tuple[int, int]:
     """(workers, threads) as examples/run_relate_qwen3_8b.sh sizes them on a node of ``cores`` cores."""
-    threads = 2
+    threads = 1
     return max(1, (cores - 2 * GPUS_PER_NODE) // threads), threads
 
 

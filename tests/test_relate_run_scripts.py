@@ -113,8 +113,8 @@ def test_paper_setup(composed, gpu_run_inputs):
     assert env_vars["VERL_FILE_LOGGER_PATH"] == str(REPO / "logs/relate/relate/metrics.jsonl")
     assert Path(cfg["relate"]["relevance"]["cache_dir"]).is_absolute()
     # (cores - 2 per GPU) / REWARD_THREADS workers on the one node (`nproc` counts the cores this process may use)
-    assert cfg["relate"]["reward_threads"] == 2
-    assert cfg["reward"]["num_workers"] == max(1, (len(os.sched_getaffinity(0)) - 2 * 8) // 2)
+    assert cfg["relate"]["reward_threads"] == 1
+    assert cfg["reward"]["num_workers"] == max(1, len(os.sched_getaffinity(0)) - 2 * 8)
     assert cfg["trainer"]["n_gpus_per_node"] == 8 and cfg["trainer"]["nnodes"] == 1
     actor = cfg["actor_rollout_ref"]["actor"]
     assert actor["use_kl_loss"] is True and actor["clip_ratio"] == 0.2
