@@ -89,3 +89,15 @@ def gpu_run_inputs(tmp_path_factory, pipeline_dir, tiny_model_dir):
     (sft / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("3")
     return {"DATA_DIR": str(pipeline_dir / "dataset"), "CTCVR_MODEL_DIR": str(pipeline_dir / "ctcvr_model"),
             "SFT_RUN_DIR": str(sft)}
+
+
+@pytest.fixture(scope="session")
+def demo_smoke_dir(tmp_path_factory):
+    """``make demo-smoke`` into a temporary folder (every stage at its smoke size): the demo's smoke tests
+    read it, and the CPU ablation's smoke run starts from its SFT'd testbed (``--base-dir``), as the full
+    ablation starts from ``make demo``'s."""
+    from examples import demo
+
+    out = tmp_path_factory.mktemp("demo_smoke")
+    assert demo.main(["--smoke", "--output-dir", str(out)]) == 0
+    return out

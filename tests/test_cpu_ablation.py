@@ -25,9 +25,11 @@ VERDICTS = ("reproduced", "opposite", "not separated", "not testable at this siz
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
+def smoke(tmp_path_factory, demo_smoke_dir) -> Path:
+    """The ablation's smoke run from the demo smoke's SFT'd testbed: its eight starting-point stages are up
+    to date there and skipped, as after ``make demo`` for the full ablation."""
     out = tmp_path_factory.mktemp("ablation_smoke")
-    assert ablation.main(["--smoke", "--output-dir", str(out), "--base-dir", str(out / "base")]) == 0
+    assert ablation.main(["--smoke", "--output-dir", str(out), "--base-dir", str(demo_smoke_dir)]) == 0
     return out
 
 
@@ -81,11 +83,11 @@ def test_figure3_and_generations_exist(smoke):
         assert (smoke / "evaluation" / f"scored_{name}.jsonl").is_file()
 
 
-def test_rerun_skips_every_stage(smoke, capsys):
+def test_rerun_skips_every_stage(smoke, demo_smoke_dir, capsys):
     capsys.readouterr()
-    assert ablation.main(["--smoke", "--output-dir", str(smoke), "--base-dir", str(smoke / "base")]) == 0
+    assert ablation.main(["--smoke", "--output-dir", str(smoke), "--base-dir", str(demo_smoke_dir)]) == 0
     out = capsys.readouterr().out
-    stages = len(ablation.ablation_stages(ablation.SMOKE, smoke / "base", smoke))
+    stages = len(ablation.ablation_stages(ablation.SMOKE, demo_smoke_dir, smoke))
     assert out.count("up to date, skipped") == stages + 8  # and the 8 stages of the starting point
     assert "train-model1-seed1" in out and "... (" not in out
 

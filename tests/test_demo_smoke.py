@@ -24,10 +24,8 @@ NUMBER = r"[-+]?\d+\.\d+%?"
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo_smoke")
-    assert demo.main(["--smoke", "--output-dir", str(out)]) == 0
-    return out
+def smoke(demo_smoke_dir) -> Path:
+    return demo_smoke_dir
 
 
 def _section(text: str, heading: str) -> str:

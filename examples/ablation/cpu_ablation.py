@@ -10,7 +10,7 @@ every run through verl's own loop on the CPU backend.
 Stages, each skipped when its outputs are up to date (``examples/stages.py``, the demo's rule):
 
 1. the starting point, in ``--base-dir`` (default: the demo's folder, so ``make demo`` and the
-   ablation share it): the demo's stages up to its SFT cold start (RL dataset, simulated logs,
+   ablation share it; with ``--smoke`` the smoke demo's, ``outputs/demo-smoke``): the demo's stages up to its SFT cold start (RL dataset, simulated logs,
    CTCVR scorer, the testbed policy, verl SFT). Every preset starts from that SFT policy.
 2. ``train-<preset>-seed<S>``: ``recipe.relate.main_relate backend=cpu`` with ``relate.preset``
    one of model1..model4, relate; every other setting is the demo's RL job
@@ -61,6 +61,7 @@ LABELS = {"sft": "SFT (start of every run)", "model1": "Model 1", "model2": "Mod
           "model4": "Model 4", "relate": "RELATE"}
 START = "sft"
 DEFAULT_OUTPUT = Path("outputs/ablation")
+SMOKE_BASE = Path("outputs/demo-smoke")  # make demo-smoke's folder (Makefile DEMO_SMOKE_DIR)
 # Figure 3's panels: (metric of the training log, title). Diversity as the batch's eq. 4 score, which
 # every preset logs (as a reward it is sentence-level in Models 3-4 and token-level in RELATE).
 FIGURE3_METRICS = (("critic/score/mean", "sentence reward r_i (the preset's own)"),
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "outputs/ablation-smoke)")
     p.add_argument("--base-dir", type=Path, default=None,
                    help=f"the starting point's folder: the demo's stages up to SFT (default: {demo.DEFAULT_OUTPUT}, "
-                        "shared with make demo; with --smoke OUTPUT_DIR/base)")
+                        f"shared with make demo; with --smoke {SMOKE_BASE}, shared with make demo-smoke)")
     p.add_argument("--records", type=Path, default=SAMPLE_RECORDS, help="ad records (default: the bundled sample)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"RL steps per run (default {DEFAULT.steps}; {SMOKE.steps} with --smoke)")
@@ -315,7 +316,7 @@ def resolve(args: argparse.Namespace) -> tuple[AblationBudget, Path, Path]:
             raise SystemExit(f"error: --seeds must be distinct, got {args.seeds}")
         budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
     out = args.output_dir or (Path("outputs/ablation-smoke") if args.smoke else DEFAULT_OUTPUT)
-    base = args.base_dir or (out / "base" if args.smoke else demo.DEFAULT_OUTPUT)
+    base = args.base_dir or (SMOKE_BASE if args.smoke else demo.DEFAULT_OUTPUT)
     return budget, out, base
 
 
