@@ -268,6 +268,13 @@ def default_embedding_cache() -> Path:
     return cache_root() / "ctcvr-embeddings"
 
 
+def resolve_embedding_cache(arg: str | None) -> Path | None:
+    """``--embedding-cache``: None -> :func:`default_embedding_cache`, 'none' -> no cache, else that folder."""
+    if arg is None:
+        return default_embedding_cache()
+    return None if str(arg).lower() == "none" else Path(arg)
+
+
 def hf_files(folder: Path) -> list[Path]:
     return [folder / "config.json", folder / "model.safetensors"]
 
@@ -465,8 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     budget = resolve_budget(args)
     print(f"[demo] {'smoke' if args.smoke else 'full'} budget: {budget}", flush=True)
-    cache = (None if str(args.embedding_cache).lower() == "none" else Path(args.embedding_cache)) \
-        if args.embedding_cache is not None else default_embedding_cache()
+    cache = resolve_embedding_cache(args.embedding_cache)
     stages = build_stages(args.output_dir, args.records, budget, args.seed, cache)
     try:
         run_stages(stages, args.output_dir, force=args.force)

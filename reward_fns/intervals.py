@@ -50,7 +50,7 @@ def record_sums(values: np.ndarray, record_index: np.ndarray, n_records: int) ->
     return sums, counts
 
 
-def _percentiles(stats: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+def percentile_interval(stats: np.ndarray, confidence: float = 0.95) -> tuple[float | None, float | None]:
     stats = stats[np.isfinite(stats)]
     if stats.size == 0:
         return None, None
@@ -59,7 +59,7 @@ def _percentiles(stats: np.ndarray, confidence: float) -> tuple[float | None, fl
     return float(lo), float(hi)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
@@ -77,7 +77,7 @@ def mean_interval(values: np.ndarray, record_index: np.ndarray, counts: np.ndarr
     value = float(sums.sum() / sizes.sum())
     if counts.shape[0] == 0:
         return Interval(value)
-    return Interval(value, *_percentiles(_ratio(counts @ sums, counts @ sizes), confidence))
+    return Interval(value, *percentile_interval(safe_ratio(counts @ sums, counts @ sizes), confidence))
 
 
 def _lift(experiment: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -96,7 +96,7 @@ def _paired(statistic, arrays: tuple[np.ndarray, ...], counts: np.ndarray, confi
         return Interval(None)
     if counts.shape[0] == 0:
         return Interval(value)
-    return Interval(value, *_percentiles(statistic(*(counts @ a for a in arrays)), confidence))
+    return Interval(value, *percentile_interval(statistic(*(counts @ a for a in arrays)), confidence))
 
 
 def lift_interval(experiment: np.ndarray, baseline: np.ndarray, counts: np.ndarray,

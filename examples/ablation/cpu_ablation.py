@@ -325,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     budget, out, base = resolve(args)
     print(f"[ablation] steps {budget.steps}, seeds {list(budget.seeds)}, output {out}, starting point {base}",
           flush=True)
-    cache = None if str(args.embedding_cache).lower() == "none" else \
-        Path(args.embedding_cache) if args.embedding_cache else demo.default_embedding_cache()
+    cache = demo.resolve_embedding_cache(args.embedding_cache)
     try:
         print("[ablation] the starting point (the demo's stages up to SFT):", flush=True)
         run_stages(base_stages(budget, base, args.records, cache), base)

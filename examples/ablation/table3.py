@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reward_fns.intervals import bootstrap_counts, record_sums
+from reward_fns.intervals import bootstrap_counts, percentile_interval, record_sums, safe_ratio
 
 # Table 3's columns: (recipe.relate.evaluate metric key, header), then the simulator's CTCVR (ours).
 COLUMNS = (("structural_quality", "Structural Quality"), ("predicted_ctcvr_pct", "CTCVR(%) predicted"),
@@ -88,9 +88,7 @@ class SeedSums:
 
     def resampled(self, draws: np.ndarray) -> np.ndarray:
         """(B,) the mean on each resample of ``draws`` (B, R)."""
-        den = draws @ self.counts
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(den > 0, (draws @ self.sums) / np.where(den > 0, den, 1), np.nan)
+        return safe_ratio(draws @ self.sums, draws @ self.counts)
 
 
 def seed_sums(values: np.ndarray, record_of_text: np.ndarray, n_records: int) -> SeedSums:
@@ -99,11 +97,8 @@ def seed_sums(values: np.ndarray, record_of_text: np.ndarray, n_records: int) ->
 
 
 def _interval(stats: np.ndarray) -> list[float] | None:
-    stats = stats[np.isfinite(stats)]
-    if stats.size == 0:
-        return None
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    lo, hi = percentile_interval(stats)
+    return None if lo is None else [lo, hi]
 
 
 def cell(seeds: Sequence[SeedSums], draws: np.ndarray) -> dict:
