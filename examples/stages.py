@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,6 @@ class Stage:
             return f"input changed: {newer[0]}"
         return None
 
-    def is_fresh(self, state_dir: Path) -> bool:
-        return self.stale_reason(state_dir) is None
-
     def mark_done(self, state_dir: Path, started_at: float) -> None:
         """Write the marker atomically, stamped with the stage's start time."""
         marker = self.marker(state_dir)
@@ -101,21 +99,32 @@ def stage_times(state_dir: Path, names: Iterable[str]) -> dict[str, float | None
     return out
 
 
-def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False) -> float:
+def depends_on(stage: Stage, earlier: Stage) -> bool:
+    """True when ``stage`` reads something ``earlier`` writes: one of its inputs is one of
+    ``earlier``'s outputs or lies inside an output folder."""
+    outputs = [Path(o) for o in earlier.outputs]
+    return any(Path(i) == o or o in Path(i).parents for i in stage.inputs for o in outputs)
+
+
+def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False, at_once: int = 1) -> float:
     """Run each stage unless fresh; print the elapsed time of each and the total (returned).
 
+    ``at_once`` > 1 runs up to that many stages at the same time (in threads: meant for stages that
+    wait on child processes, such as verl jobs): stages start in order, each once every earlier stage
+    it :func:`depends_on` has finished. With 1 (the default) they run one after another in this thread.
+
     An exception or Ctrl-C inside a stage leaves its marker absent (it was removed before the
-    stage started), prints which stage stopped, and propagates.
+    stage started), prints which stage stopped, and propagates once the stages already running
+    have ended; no further stage starts.
     """
+    if at_once < 1:
+        raise ValueError(f"at_once must be >= 1, got {at_once}")
     state_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for i, stage in enumerate(stages, start=1):
+    pending: dict[int, Future] = {}  # index of a started stage -> its future
+
+    def run_one(i: int, stage: Stage, reason: str) -> None:
         header = f"[{i}/{len(stages)}] {stage.name}"
-        reason = "--force" if force else stage.stale_reason(state_dir)
-        if reason is None:
-            stage.skipped = True
-            print(f"{header}: up to date, skipped", flush=True)
-            continue
         print(f"{header} ... ({reason})", flush=True)
         stage.marker(state_dir).unlink(missing_ok=True)
         started_at = time.time()
@@ -132,6 +141,32 @@ def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False) ->
         stage.elapsed_s = time.perf_counter() - t0
         stage.mark_done(state_dir, started_at)
         print(f"{header}: done in {stage.elapsed_s:.1f} s", flush=True)
+
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        try:
+            for i, stage in enumerate(stages, start=1):
+                # A stage's freshness is judged once what it reads has been written.
+                for k in [k for k in pending if depends_on(stage, stages[k - 1])]:
+                    pending.pop(k).result()
+                reason = "--force" if force else stage.stale_reason(state_dir)
+                if reason is None:
+                    stage.skipped = True
+                    print(f"[{i}/{len(stages)}] {stage.name}: up to date, skipped", flush=True)
+                    continue
+                if at_once == 1:
+                    run_one(i, stage, reason)
+                    continue
+                while len([f for f in pending.values() if not f.done()]) >= at_once:
+                    wait(pending.values(), return_when=FIRST_COMPLETED)
+                for k in [k for k, f in pending.items() if f.done()]:
+                    pending.pop(k).result()  # a failed stage stops the run here
+                pending[i] = pool.submit(run_one, i, stage, reason)
+            for k in list(pending):
+                pending.pop(k).result()
+        except BaseException:
+            for f in pending.values():
+                f.cancel()
+            raise
     total = time.perf_counter() - start
     print("\nstage times: " + ", ".join(
         f"{s.name} {'skipped' if s.skipped else f'{s.elapsed_s:.1f} s'}" for s in stages) + f"; total {total:.1f} s",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relate_common.jsonio import write_text_atomic
-from verl_cpu.env import cpu_env
+from verl_cpu.env import THREADS_ENV, cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("sft", "relate")
@@ -60,6 +60,9 @@ class Job:
     kind: str
     run_dir: Path
     overrides: tuple[str, ...]
+    # Torch threads of each of its processes (verl_cpu.threads.THREADS_ENV; None: verl_cpu's own
+    # rule, the host's cores). Set when jobs run side by side, so they do not oversubscribe the cores.
+    threads: int | None = None
 
     checkpoints = property(lambda self: self.run_dir / "checkpoints")
     metrics = property(lambda self: self.run_dir / "metrics.jsonl")
@@ -79,7 +82,10 @@ class Job:
         return [sys.executable, *head, f"trainer.default_local_dir={self.checkpoints}", *self.overrides]
 
     def env(self) -> dict[str, str]:
-        return cpu_env({**os.environ, "VERL_FILE_LOGGER_PATH": str(self.metrics), "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(self.metrics), "HF_HUB_OFFLINE": "1"}
+        if self.threads is not None:
+            env.setdefault(THREADS_ENV, str(self.threads))  # a user's own setting wins
+        return cpu_env(env)
 
 
 def fingerprint(job: Job, inputs: list[Path]) -> dict:
@@ -101,7 +107,8 @@ def newest_policy(job: Job) -> Path:
 
 
 def stream(job: Job, echo: bool = True) -> int:
-    """Run the child with its output in ``job.log``; echo the step lines; return its exit code."""
+    """Run the child with its output in ``job.log``; echo the step lines, prefixed with the run
+    folder's name (jobs may run side by side); return its exit code."""
     tail: deque[str] = deque(maxlen=60)
     with open(job.log, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(job.argv(), cwd=REPO, env=job.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -112,7 +119,7 @@ def stream(job: Job, echo: bool = True) -> int:
                 tail.append(line)
                 plain = ANSI.sub("", line)
                 if echo and PROGRESS.search(plain):
-                    print(f"[{job.kind}] {plain.strip()[:240]}", flush=True)
+                    print(f"[{job.run_dir.name}] {plain.strip()[:240]}", flush=True)
             rc = proc.wait()
         except BaseException:  # Ctrl-C: stop the whole child (Ray starts more processes under it)
             proc.terminate()

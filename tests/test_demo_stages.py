@@ -115,6 +115,60 @@ def test_input_edited_while_the_stage_ran_makes_it_stale(tmp_path):
     assert stage.stale_reason(tmp_path) == f"input changed: {src}"
 
 
+def _timed(path: Path, spans: dict[str, tuple[float, float]], name: str, seconds: float = 0.3, fail: bool = False):
+    """A stage body that records when it ran, sleeps ``seconds`` and writes ``path`` (or fails)."""
+    def run() -> None:
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        if fail:
+            raise RuntimeError(f"{name} broke")
+        path.write_text(name)
+        spans[name] = (t0, time.perf_counter())
+    return run
+
+
+def _diamond(tmp_path: Path, spans: dict, fail_b: bool = False) -> list[Stage]:
+    """a and b independent, c reads a's output folder, d reads nothing of them."""
+    (tmp_path / "a").mkdir(exist_ok=True)
+    return [Stage("a", _timed(tmp_path / "a" / "out.txt", spans, "a"), inputs=[], outputs=[tmp_path / "a"]),
+            Stage("b", _timed(tmp_path / "b.txt", spans, "b", fail=fail_b), inputs=[], outputs=[tmp_path / "b.txt"]),
+            Stage("c", _timed(tmp_path / "c.txt", spans, "c"), inputs=[tmp_path / "a" / "out.txt"],
+                  outputs=[tmp_path / "c.txt"]),
+            Stage("d", _timed(tmp_path / "d.txt", spans, "d"), inputs=[], outputs=[tmp_path / "d.txt"])]
+
+
+def test_stages_run_side_by_side_once_what_they_read_is_written(tmp_path):
+    spans: dict[str, tuple[float, float]] = {}
+    run_stages(_diamond(tmp_path, spans), tmp_path, at_once=2)
+    (a0, a1), (b0, b1), (c0, c1), (d0, d1) = (spans[k] for k in "abcd")
+    assert b0 < a1 and a0 < b1, "a and b are independent: they overlap"
+    assert c0 >= a1, "c reads a file inside a's output folder: it starts after a ended"
+    assert max(c0, d0) < min(c1, d1), "c and d overlap: neither reads the other"
+    assert all((tmp_path / f".stage-{k}.done").exists() for k in "abcd")
+    spans.clear()
+    run_stages(_diamond(tmp_path, spans), tmp_path, at_once=2)
+    assert spans == {}, "a rerun skips every fresh stage"
+
+
+def test_one_at_a_time_never_overlaps(tmp_path):
+    spans: dict[str, tuple[float, float]] = {}
+    run_stages(_diamond(tmp_path, spans), tmp_path)
+    order = sorted(spans.values())
+    assert [k for k in "abcd"] == sorted(spans, key=lambda k: spans[k][0])
+    assert all(end <= start for (_, end), (start, _) in zip(order, order[1:]))
+
+
+def test_a_failing_stage_side_by_side_stops_the_run_after_the_running_ones(tmp_path):
+    spans: dict[str, tuple[float, float]] = {}
+    with pytest.raises(RuntimeError, match="b broke"):
+        run_stages(_diamond(tmp_path, spans, fail_b=True), tmp_path, at_once=2)
+    assert "a" in spans and (tmp_path / ".stage-a.done").exists(), "a ran beside b and finished"
+    assert not (tmp_path / ".stage-b.done").exists()
+    assert "d" not in spans, "no stage starts after a failure is seen"
+    with pytest.raises(ValueError, match="at_once"):
+        run_stages([], tmp_path, at_once=0)
+
+
 def test_sources_of_a_package_lists_its_modules_and_configs():
     import recipe.relate
     import recipe.relate.generate

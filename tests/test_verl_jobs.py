@@ -26,6 +26,16 @@ def test_argv_runs_verl_entry_points_on_the_cpu_backend(tmp_path):
         Job("ppo", tmp_path, ()).argv()
 
 
+def test_a_jobs_threads_reach_every_verl_process_unless_the_user_set_them(tmp_path, monkeypatch):
+    from verl_cpu.env import THREADS_ENV
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert THREADS_ENV not in Job("relate", tmp_path, ()).env()
+    assert Job("relate", tmp_path, (), threads=1).env()[THREADS_ENV] == "1"
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert Job("relate", tmp_path, (), threads=1).env()[THREADS_ENV] == "3"
+
+
 def test_fingerprint_changes_with_the_overrides_and_the_inputs(tmp_path):
     data = tmp_path / "train.parquet"
     data.write_bytes(b"abc")

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 # rollout servers) imports the modules named by VERL_USE_EXTERNAL_MODULES (verl/__init__.py:49-52)
 # and takes the platform named by VERL_PLATFORM (verl/plugin/platform/platform_manager.py:92).
 CPU_ENV = {"VERL_PLATFORM": "cpu", "VERL_USE_EXTERNAL_MODULES": "verl_cpu"}
+# Torch intra-op threads of every process of a run (verl_cpu.threads.threads_per_process).
+THREADS_ENV = "VERL_CPU_NUM_THREADS"
 
 
 def cpu_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

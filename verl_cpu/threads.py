@@ -17,7 +17,7 @@ import os
 
 import torch
 
-THREADS_ENV = "VERL_CPU_NUM_THREADS"
+from verl_cpu.env import THREADS_ENV
 
 
 def host_cores() -> int:

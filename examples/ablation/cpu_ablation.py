@@ -55,6 +55,7 @@ import reward_fns
 from data_prep.config import SAMPLE_RECORDS
 from examples.ablation import table3 as t3
 from examples.stages import Stage, run_stages, sources_of
+from verl_cpu.threads import threads_per_process
 
 PRESETS = ("model1", "model2", "model3", "model4", "relate")
 LABELS = {"sft": "SFT (start of every run)", "model1": "Model 1", "model2": "Model 2", "model3": "Model 3",
@@ -82,12 +83,16 @@ class AblationBudget:
     base: demo.Budget  # data, scorer, testbed, SFT and every RL setting but the preset (examples/demo.py)
     steps: int  # RL steps per run (trainer.total_training_steps)
     seeds: tuple[int, ...]  # one run per preset and seed
+    # Runs side by side, each with cores / runs_at_once torch threads: a verl run on CPU leaves the
+    # cores idle much of its start-up (measured in the README), so two overlap well; three did not.
+    runs_at_once: int = 1
 
 
 # Sized from measured runs (README "CPU ablation"): 10 runs of 50 steps, ~4 min each on 2 cores.
 DEFAULT = AblationBudget(base=demo.FULL, steps=50, seeds=(1, 2))
-# Every stage at a tiny size: the demo's smoke starting point, 2 steps, one seed.
-SMOKE = AblationBudget(base=demo.SMOKE, steps=2, seeds=(1,))
+# Every stage at a tiny size: the demo's smoke starting point, 2 steps, one seed, two runs at once
+# (a smoke run is almost all verl start-up).
+SMOKE = AblationBudget(base=demo.SMOKE, steps=2, seeds=(1,), runs_at_once=2)
 
 
 @dataclass(frozen=True)
@@ -118,10 +123,14 @@ def rl_budget(budget: AblationBudget) -> demo.Budget:
 
 def ablation_job(budget: AblationBudget, base: demo.Layout, layout: AblationLayout, preset: str,
                  seed: int) -> verl_jobs.Job:
-    """One run: the demo's RL job with another preset, folder and seed; nothing else differs."""
-    return demo.relate_job(rl_budget(budget), base, preset=preset, run_dir=layout.run_dir(run_name(preset, seed)),
-                           extra=(f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}",
-                                  "relate.log_components=all"))
+    """One run: the demo's RL job with another preset, folder and seed; nothing else differs (its
+    torch threads are the cores' share of one of ``runs_at_once`` runs)."""
+    job = demo.relate_job(rl_budget(budget), base, preset=preset, run_dir=layout.run_dir(run_name(preset, seed)),
+                          extra=(f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}",
+                                 "relate.log_components=all"))
+    if budget.runs_at_once == 1:
+        return job
+    return dataclasses.replace(job, threads=threads_per_process(budget.runs_at_once))
 
 
 def runs_of(budget: AblationBudget) -> list[tuple[str, int]]:
@@ -296,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help=f"seeds, one run per preset each (default {' '.join(map(str, DEFAULT.seeds))}; "
                         f"{' '.join(map(str, SMOKE.seeds))} with --smoke)")
+    p.add_argument("--runs-at-once", type=int, default=None,
+                   help=f"verl runs side by side, the cores split between them (default {DEFAULT.runs_at_once}; "
+                        f"{SMOKE.runs_at_once} with --smoke)")
     p.add_argument("--smoke", action="store_true", help="every stage tiny: the demo's smoke starting point, "
                    f"{SMOKE.steps} steps, seed {SMOKE.seeds[0]} (the test suite runs this)")
     p.add_argument("--embedding-cache", default=None,
@@ -311,6 +323,10 @@ def resolve(args: argparse.Namespace) -> tuple[AblationBudget, Path, Path]:
         if args.steps < 1:
             raise SystemExit("error: --steps must be >= 1")
         budget = dataclasses.replace(budget, steps=args.steps)
+    if args.runs_at_once is not None:
+        if args.runs_at_once < 1:
+            raise SystemExit("error: --runs-at-once must be >= 1")
+        budget = dataclasses.replace(budget, runs_at_once=args.runs_at_once)
     if args.seeds is not None:
         if len(set(args.seeds)) != len(args.seeds):
             raise SystemExit(f"error: --seeds must be distinct, got {args.seeds}")
@@ -323,14 +339,14 @@ def resolve(args: argparse.Namespace) -> tuple[AblationBudget, Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     budget, out, base = resolve(args)
-    print(f"[ablation] steps {budget.steps}, seeds {list(budget.seeds)}, output {out}, starting point {base}",
-          flush=True)
+    print(f"[ablation] steps {budget.steps}, seeds {list(budget.seeds)}, {budget.runs_at_once} run(s) at once, "
+          f"output {out}, starting point {base}", flush=True)
     cache = demo.resolve_embedding_cache(args.embedding_cache)
     try:
         print("[ablation] the starting point (the demo's stages up to SFT):", flush=True)
         run_stages(base_stages(budget, base, args.records, cache), base)
         print("[ablation] the runs, generations, Table 3 and Figure 3:", flush=True)
-        run_stages(ablation_stages(budget, base, out), out, force=args.force)
+        run_stages(ablation_stages(budget, base, out), out, force=args.force, at_once=budget.runs_at_once)
     except KeyboardInterrupt:
         print("[ablation] interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
