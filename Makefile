@@ -32,7 +32,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
-	$(PY) -m pip install -q --no-deps -e .
+	# compat: the repository root on sys.path (a .pth), so our regular `recipe` package wins over the
+	# namespace folder `recipe/` that the TransferQueue wheel installs into site-packages, from any folder
+	# and in Ray workers (the default editable finder runs after that folder is found; tests/test_install.py)
+	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 # A download, never an install: trl in the venv changes verl's workers (verl/models/transformers/monkey_patch.py:352-356).
@@ -54,11 +57,11 @@ test: install
 	exit $$rc
 
 # pip's resolver over the whole GPU set for the GPU machine (CPython 3.12, Linux x86_64), installing nothing:
-# `pip install --dry-run --only-binary=:all: --report` (recipe/relate/preflight.py resolve_gpu_set). Wheels only,
+# `pip install --dry-run --only-binary=:all: --report` (relate_tools/gpu_requirements.py resolve_gpu_set). Wheels only,
 # so a line that would be compiled at install (an sdist such as flash-attn 2.8.3 from the index) fails here,
 # named, with what to do; the report is then checked against every pin and the CUDA build of each prebuilt wheel.
 check-gpu-deps: install
-	$(PY) -m recipe.relate.preflight gpu-deps requirements-gpu.txt --report $(GPU_DEPS_REPORT)
+	$(PY) -m relate_tools.gpu_requirements gpu-deps requirements-gpu.txt --report $(GPU_DEPS_REPORT)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Tools beside the product (checks of the install, not part of a training run)."""
