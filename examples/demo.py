@@ -183,7 +183,7 @@ def prepare_starting_model(budget: Budget, layout: Layout, records: Path, seed: 
         return path
     from transformers import AutoTokenizer
 
-    from recipe.relate.tiny_policy import build_tiny_policy
+    from testbed.tiny_policy import build_tiny_policy
     from relate_common.assets import smollm2_tokenizer_dir
 
     final = layout.tiny_policy
@@ -310,7 +310,7 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
     """The demo's stages (see the module docstring) writing under ``out``; ``embedding_cache``: the
     CTCVR scorer's embedding cache folder for its training and evaluation (None: no cache)."""
     import recipe.relate.evaluate as evaluate_mod
-    import recipe.relate.tiny_policy
+    import testbed.tiny_policy
     import relate_common.assets
 
     L = Layout(out)
@@ -362,7 +362,7 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
               outputs=[scorer_eval / ctcvr_evaluate.EVALUATION_FILE, scorer_eval / ctcvr_evaluate.PLOT_FILE]),
         Stage("starting-model",
               lambda: prepare_starting_model(budget, L, records, seed),
-              inputs=[*starting_inputs, *sources_of(relate_common.assets, recipe.relate.tiny_policy)],
+              inputs=[*starting_inputs, *sources_of(relate_common.assets, testbed.tiny_policy)],
               outputs=model_files, params={"policy": budget.policy, **starting_params}),
         Stage("sft-dataset",
               lambda: build_sft_dataset.main(["--records", str(records), "--logs", str(logs), "--output-dir",

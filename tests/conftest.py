@@ -31,17 +31,11 @@ def tokenizer(tokenizer_dir):
 def tiny_model_dir(tmp_path_factory, tokenizer_dir):
     """A 2-layer random Llama (vocab = the real tokenizer's, grouped-query attention, rotary
     positions) saved with the SmolLM2 tokenizer: attention and positions matter in its outputs."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tok))
-    path = tmp_path_factory.mktemp("tiny_random_llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    from testbed.tiny_policy import build_random_tiny_llama
+
+    return build_random_tiny_llama(AutoTokenizer.from_pretrained(tokenizer_dir), tmp_path_factory.mktemp("tiny_random_llama"))
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,12 @@ would be the same constant, every advantage 0 and every update a no-op: runs on 
 show learning. With the grammar prior, samples differ in format and length, rewards vary inside
 each group and RL steps really train.
 
-    from recipe.relate.tiny_policy import build_tiny_policy
+    from testbed.tiny_policy import build_tiny_policy
     build_tiny_policy(tokenizer, Path("/tmp/tiny_policy"))   # a Hugging Face model folder
+
+:func:`build_random_tiny_llama` saves the same architecture with its random initialisation untouched
+(the tests' model: attention and positions matter in its outputs); :func:`tiny_llama_config` is the
+one place the tiny size is written.
 """
 
 from __future__ import annotations
@@ -42,6 +46,27 @@ def single_token_id(tokenizer: Any, text: str) -> int:
     return ids[0]
 
 
+def tiny_llama_config(vocab_size: int, **overrides: Any) -> Any:
+    """The tiny Llama's ``LlamaConfig``: 2 layers, hidden size 64, 4 heads over 2 key/value heads
+    (grouped-query attention), rotary positions; ``overrides`` set further fields."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=vocab_size, **overrides)
+
+
+def build_random_tiny_llama(tokenizer: Any, path: str | Path, seed: int = 0) -> Path:
+    """Save the tiny Llama, randomly initialised with ``seed``, with ``tokenizer`` into ``path``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def build_tiny_policy(tokenizer: Any, path: str | Path, seed: int = 0) -> Path:
     """Save the tiny grammar-prior Llama (see module docstring) with ``tokenizer`` into ``path``.
 
@@ -49,14 +74,12 @@ def build_tiny_policy(tokenizer: Any, path: str | Path, seed: int = 0) -> Path:
     The same seed gives the same weights.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     path = Path(path)
     torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=single_token_id(tokenizer, "<|im_end|>"),
-                         pad_token_id=None)
+    config = tiny_llama_config(len(tokenizer), tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=single_token_id(tokenizer, "<|im_end|>"), pad_token_id=None)
     model = LlamaForCausalLM(config)
     script = ["\n", "Title", "Description", ":", ".", "<|im_end|>", *WORDS]
     ids = {text: single_token_id(tokenizer, text) for text in script}
