@@ -39,25 +39,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import ctcvr_model
 import ctcvr_model.evaluate as ctcvr_evaluate
 import ctcvr_model.train as ctcvr_train
 import data_prep.build_ctcvr_table as build_ctcvr_table
 import data_prep.build_dataset as build_dataset
 import data_prep.build_sft_dataset as build_sft_dataset
-import data_prep.common
-import data_prep.prompts
 import data_prep.simulate_logs as simulate_logs
-import data_prep.user_model
 import examples.report as report
 import examples.verl_jobs as verl_jobs
 import relate_common
 import relate_common.records
-import reward_fns
-import testbed
 import verl_cpu
 from data_prep.config import SAMPLE_RECORDS
-from examples.stages import Stage, run_stages, sources_of
+from examples.stages import Stage, code_inputs, run_stages
 from testbed.config import TestbedConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -280,11 +274,15 @@ def hf_files(folder: Path) -> list[Path]:
 
 
 def verl_sources() -> list[Path]:
-    """What a verl job runs: every source of ours it imports, and our Hydra configs."""
-    import recipe.relate
+    """What a verl job runs: our entry points and what they import, the modules verl loads by name
+    (the reward manager through the config's ``source: importlib``, ``verl_cpu`` through
+    VERL_USE_EXTERNAL_MODULES), and our Hydra configs."""
+    import recipe.relate.main_relate
+    import recipe.relate.main_sft
+    import recipe.relate.reward_manager
 
-    return [*sources_of(recipe.relate, verl_cpu, reward_fns, ctcvr_model, relate_common, verl_jobs),
-            *sorted((RECIPE / "config").rglob("*.yaml"))]
+    return code_inputs(recipe.relate.main_relate, recipe.relate.main_sft, recipe.relate.reward_manager, verl_cpu,
+                       verl_jobs)
 
 
 def relate_inputs(layout: Layout) -> list[Path]:
@@ -301,7 +299,7 @@ def generation_stage(name: str, model_dir: Path, layout: Layout, budget: Budget,
 
     return Stage(name, lambda: generate(model_dir, layout, budget, output),
                  inputs=[layout.dataset / "val.parquet", *hf_files(model_dir),
-                         *sources_of(generate_mod, verl_cpu.sampling, reward_fns, relate_common)],
+                         *code_inputs(generate_mod, verl_cpu.sampling)],
                  outputs=[output], params={"max_new_tokens": budget.max_new_tokens, "eval_prompts": budget.eval_prompts})
 
 
@@ -315,10 +313,9 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
 
     L = Layout(out)
     dataset, logs, tables, scorer, scorer_eval = L.dataset, L.logs, L.tables, L.scorer, L.scorer_eval
-    common = sources_of(data_prep.common, relate_common.records)
     model_dir = starting_model_dir(budget, L)
     # The testbed is trained from the records by the corpus code (data_prep's prompts and simulator ads).
-    starting_inputs, starting_params = ([records, *common, *sources_of(testbed, data_prep.prompts, simulate_logs)],
+    starting_inputs, starting_params = ([records, *code_inputs(testbed)],
                                         {"testbed": dataclasses.asdict(testbed_config(budget, seed))}) \
         if budget.policy == "testbed" else ([], {})
     model_files = hf_files(model_dir)
@@ -339,36 +336,36 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
         Stage("rl-dataset",
               lambda: build_dataset.main(["--input", str(records), "--output-dir", str(dataset), "--seed", str(seed),
                                           "--prompt-style", budget.prompt_style]),
-              inputs=[records, *common, *sources_of(build_dataset, data_prep.prompts)],
+              inputs=[records, *code_inputs(build_dataset)],
               outputs=rl_sets, params={"seed": seed, "prompt_style": budget.prompt_style}),
         Stage("impression-logs",
               lambda: simulate_logs.main(["--records", str(records), "--output", str(logs), "--aggregate",
                                           "--impressions", str(budget.impressions), "--seed", str(seed)]),
-              inputs=[records, *common, *sources_of(simulate_logs, data_prep.user_model)],
+              inputs=[records, *code_inputs(simulate_logs)],
               outputs=[logs], params={"impressions": budget.impressions, "seed": seed}),
         Stage("ctcvr-tables",
               lambda: build_ctcvr_table.main(["--logs", str(logs), "--output-dir", str(tables), "--seed", str(seed)]),
-              inputs=[logs, *common, *sources_of(build_ctcvr_table)],
+              inputs=[logs, *code_inputs(build_ctcvr_table)],
               outputs=[tables / f"{s}.parquet" for s in ("train", "val", "test")], params={"seed": seed}),
         Stage("ctcvr-scorer",
               lambda: ctcvr_train.main(scorer_argv + cache_argv),
-              inputs=[tables / "train.parquet", tables / "val.parquet", *sources_of(ctcvr_model)],
+              inputs=[tables / "train.parquet", tables / "val.parquet", *code_inputs(ctcvr_train)],
               outputs=[scorer / "config.json", scorer / "metrics.json"],
               params={"seed": seed, "epochs": budget.scorer_epochs}),
         Stage("ctcvr-evaluation",
               lambda: ctcvr_evaluate.main(["--model-dir", str(scorer), "--table", str(tables / "test.parquet"),
                                            "--output-dir", str(scorer_eval), *cache_argv]),
-              inputs=[*scorer_files, tables / "test.parquet", *sources_of(ctcvr_model)],
+              inputs=[*scorer_files, tables / "test.parquet", *code_inputs(ctcvr_evaluate)],
               outputs=[scorer_eval / ctcvr_evaluate.EVALUATION_FILE, scorer_eval / ctcvr_evaluate.PLOT_FILE]),
         Stage("starting-model",
               lambda: prepare_starting_model(budget, L, records, seed),
-              inputs=[*starting_inputs, *sources_of(relate_common.assets, testbed.tiny_policy)],
+              inputs=[*starting_inputs, *code_inputs(relate_common.assets, testbed.tiny_policy)],
               outputs=model_files, params={"policy": budget.policy, **starting_params}),
         Stage("sft-dataset",
               lambda: build_sft_dataset.main(["--records", str(records), "--logs", str(logs), "--output-dir",
                                               str(L.sft_dataset), "--seed", str(seed),
                                               "--prompt-style", budget.prompt_style]),
-              inputs=[records, logs, *common, *sources_of(build_sft_dataset, build_ctcvr_table, data_prep.prompts)],
+              inputs=[records, logs, *code_inputs(build_sft_dataset)],
               outputs=sft_sets, params={"seed": seed, "prompt_style": budget.prompt_style}),
         Stage("sft-train",
               lambda: verl_jobs.run_job(sft, sft_inputs),
@@ -380,14 +377,13 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
         *(generation_stage(stage, policy_dirs[name], L, budget, L.generations(name)) for name, stage in POLICY_ROWS),
         Stage("evaluate",
               lambda: evaluate(L),
-              inputs=[*generations, *scorer_files, *sources_of(evaluate_mod, reward_fns, data_prep.user_model,
-                                                                 ctcvr_model, relate_common)],
+              inputs=[*generations, *scorer_files, *code_inputs(evaluate_mod)],
               outputs=[L.evaluation / "evaluation.json", L.evaluation / "evaluation.md"]),
         Stage("report",
               lambda: report.build_report(report_inputs(L, budget, STAGE_NAMES, records, seed), L.out),
               inputs=[scorer_eval / ctcvr_evaluate.EVALUATION_FILE, scorer_eval / ctcvr_evaluate.PLOT_FILE,
                       sft.metrics, relate.metrics, *generations, L.evaluation / "evaluation.json",
-                      *sources_of(report, report.plots_module(), ctcvr_evaluate, evaluate_mod)],
+                      *code_inputs(report, report.plots_module())],
               outputs=[L.report_md, *(L.plots / name for name in report.PLOT_FILES)],
               params={"budget": dataclasses.asdict(budget)}),
     ]

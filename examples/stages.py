@@ -1,11 +1,18 @@
-"""A tiny make-like stage runner for the demo pipeline.
+"""A tiny make-like stage runner for the demo pipeline, and the one cache rule of the examples.
 
-A stage is skipped ("fresh") when its completion marker exists, every output exists, the marker
-records the same parameters as this run asks for, and the marker is newer than every input (data
-files and the source files of the code it runs). The marker is written only after the stage
-returned, stamped with the time the stage STARTED (so an input edited while it ran makes it stale),
-and every output is written atomically or guarded by that marker, so an interrupted run (Ctrl-C)
-is never mistaken for a finished one: the next run redoes that stage.
+The rule (:func:`fingerprint`): a result is up to date when what it was made from is unchanged:
+its parameters (JSON-able settings such as a job's argv) and every input file's size and
+modification time. Stages keep that fingerprint in their completion marker; a verl job keeps the
+same fingerprint in its ``job.json`` to decide between resuming and starting over
+(``examples/verl_jobs.py``).
+
+A stage is skipped ("fresh") when its marker exists, every output exists and the marker's
+fingerprint equals the one of this run. Its inputs are its data files and the code it runs, computed
+by :func:`code_inputs` from the modules it calls (their project imports, followed transitively),
+never listed by hand. The marker is written only after the stage returned, with the fingerprint
+taken when the stage STARTED (so an input edited while it ran makes it stale), and every output is
+written atomically or guarded by that marker, so an interrupted run (Ctrl-C) is never mistaken for
+a finished one: the next run redoes that stage.
 
 A stage's ``run`` may return a CLI exit code: a non-zero int is a failure (no marker), like an
 exception.
@@ -13,9 +20,11 @@ exception.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import time
+from functools import lru_cache
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -49,8 +58,8 @@ class Stage:
     def marker(self, state_dir: Path) -> Path:
         return state_dir / f"{MARKER_PREFIX}{self.name}{MARKER_SUFFIX}"
 
-    def _params_json(self) -> Any:
-        return json.loads(json.dumps(dict(self.params), sort_keys=True, default=str))
+    def fingerprint(self) -> dict[str, Any]:
+        return fingerprint(self.params, self.inputs)
 
     def stale_reason(self, state_dir: Path) -> str | None:
         """Why the stage must run (None: it is fresh and is skipped)."""
@@ -60,25 +69,44 @@ class Stage:
         missing = [p for p in self.outputs if not p.exists()]
         if missing:
             return f"output missing: {missing[0]}"
-        recorded = read_marker(marker)
-        if recorded.get("params") != self._params_json():
-            return "parameters changed"
-        done_at = marker.stat().st_mtime
-        newer = [p for p in self.inputs if p.exists() and p.stat().st_mtime > done_at]
-        if newer:
-            return f"input changed: {newer[0]}"
-        return None
+        return changed(read_marker(marker), self.fingerprint())
 
-    def mark_done(self, state_dir: Path, started_at: float) -> None:
-        """Write the marker atomically, stamped with the stage's start time."""
+    def mark_done(self, state_dir: Path, stamp: Mapping[str, Any]) -> None:
+        """Write the marker atomically with ``stamp``, the fingerprint taken when the stage started."""
         marker = self.marker(state_dir)
         tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"stage": self.name, "params": self._params_json(),
-                                   "elapsed_s": round(self.elapsed_s, 2),
+        tmp.write_text(json.dumps({"stage": self.name, **stamp, "elapsed_s": round(self.elapsed_s, 2),
                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n",
                        encoding="utf-8")
-        os.utime(tmp, (started_at, started_at))
         os.replace(tmp, marker)
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def fingerprint(params: Mapping[str, Any], inputs: Iterable[Path]) -> dict[str, Any]:
+    """What a result is made from: ``params`` as JSON and each input's [size, mtime_ns] (None: absent)."""
+    return {"params": json.loads(json.dumps(dict(params), sort_keys=True, default=str)),
+            "inputs": {str(p): _stamp(Path(p)) for p in inputs}}
+
+
+def changed(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """Why ``current`` differs from the ``recorded`` fingerprint (None: it does not)."""
+    if recorded.get("params") != current["params"]:
+        return "parameters changed"
+    before = recorded.get("inputs")
+    if not isinstance(before, dict):
+        return "no fingerprint recorded"
+    for path, stamp in current["inputs"].items():
+        if before.get(path, "absent") != stamp:
+            return f"input changed: {path}"
+    gone = sorted(set(before) - set(current["inputs"]))
+    return f"input no longer used: {gone[0]}" if gone else None
 
 
 def read_marker(marker: Path) -> dict[str, Any]:
@@ -127,7 +155,7 @@ def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False, at
         header = f"[{i}/{len(stages)}] {stage.name}"
         print(f"{header} ... ({reason})", flush=True)
         stage.marker(state_dir).unlink(missing_ok=True)
-        started_at = time.time()
+        stamp = stage.fingerprint()
         t0 = time.perf_counter()
         try:
             result = stage.run()
@@ -139,7 +167,7 @@ def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False, at
                   "the next run redoes it", flush=True)
             raise
         stage.elapsed_s = time.perf_counter() - t0
-        stage.mark_done(state_dir, started_at)
+        stage.mark_done(state_dir, stamp)
         print(f"{header}: done in {stage.elapsed_s:.1f} s", flush=True)
 
     with ThreadPoolExecutor(max_workers=at_once) as pool:
@@ -174,21 +202,86 @@ def run_stages(stages: Sequence[Stage], state_dir: Path, force: bool = False, at
     return total
 
 
-def sources_of(*modules: object) -> list[Path]:
-    """Source files of imported modules, so a code change makes their stage stale.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-    A package counts with every ``.py`` and ``.yaml`` file under its folder (its submodules and
-    bundled configs), so pass a package when the stage uses much of it.
-    """
-    out: list[Path] = []
+
+def _project_file(name: str) -> Path | None:
+    """The source file of module ``name`` when it is one of this repository's, else None (found by
+    path, without importing anything)."""
+    parts = name.split(".")
+    if not parts[0] or not (PROJECT_ROOT / parts[0] / "__init__.py").is_file():
+        return None
+    base = PROJECT_ROOT.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@lru_cache(maxsize=None)
+def _imports(path: Path) -> tuple[Path, ...]:
+    """Project modules that the module at ``path`` imports anywhere in its body (function-level
+    imports included), and the packages on the way to each."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                head = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*head, base] if base else head)
+            names += [base, *(f"{base}.{a.name}" for a in node.names)]  # `from pkg import module`
+    found = []
+    for name in names:
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            file = _project_file(".".join(parts[:k]))
+            if file is not None:
+                found.append(file)
+    return tuple(dict.fromkeys(found))
+
+
+def _resources(folder: Path) -> list[Path]:
+    """Configs and data a package reads: *.yaml under its folder, outside sub-packages."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix == ".yaml":
+            out.append(p)
+        elif p.is_dir() and not (p / "__init__.py").exists() and p.name != "__pycache__":
+            out += _resources(p)
+    return out
+
+
+def code_inputs(*modules: object) -> list[Path]:
+    """Every source file a stage's code runs: the given modules (a package counts with all of its
+    modules) and every project module they import, followed transitively; plus the YAML configs of
+    each package involved. Computed from the code itself, so a new import is never forgotten."""
+    todo: list[Path] = []
     for m in modules:
         file = getattr(m, "__file__", None)
         if not file:
             continue
-        path = Path(file)
+        path = Path(file).resolve()
         if path.name == "__init__.py" and getattr(m, "__path__", None):
-            out.extend(sorted(p for ext in ("*.py", "*.yaml") for p in path.parent.rglob(ext)
-                              if "__pycache__" not in p.parts))
+            todo += sorted(p.resolve() for p in path.parent.rglob("*.py") if "__pycache__" not in p.parts)
         else:
-            out.append(path)
-    return out
+            todo.append(path)
+    seen: dict[Path, None] = {}
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen[path] = None
+        todo += [p for p in _imports(path) if p not in seen]
+        # importing a module runs its packages' __init__ first
+        todo += [d / "__init__.py" for d in path.parents if PROJECT_ROOT in d.parents and (d / "__init__.py").is_file()]
+    folders = sorted({p.parent for p in seen})
+    return sorted(seen) + [r for f in folders for r in _resources(f)]

@@ -10,7 +10,7 @@ What the demo and the CPU ablation run; the same entry points as ``examples/run_
 
 A job owns one folder::
 
-    RUN_DIR/job.json        what the run depends on (argv + content stamps of its inputs)
+    RUN_DIR/job.json        what the run depends on (examples.stages.fingerprint: argv + input stamps)
     RUN_DIR/job.log         everything the child printed
     RUN_DIR/metrics.jsonl   verl's FileLogger: one {"step": n, "data": {...}} line per step
     RUN_DIR/checkpoints/    verl's checkpoints while the job runs (removed once it finished)
@@ -22,7 +22,6 @@ An interrupted job of the same ``job.json`` resumes from verl's newest checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import examples.stages as stages
 from relate_common.jsonio import write_text_atomic
 from verl_cpu.env import THREADS_ENV, cpu_env
 
@@ -89,10 +89,9 @@ class Job:
 
 
 def fingerprint(job: Job, inputs: list[Path]) -> dict:
-    """What the job's result depends on: its argv and the size + mtime of each input file."""
-    stamps = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in inputs if p.exists()}
-    digest = hashlib.sha256(json.dumps(stamps, sort_keys=True).encode()).hexdigest()
-    return {"argv": job.argv()[1:], "inputs_sha256": digest}
+    """What the job's result depends on, by the examples' one cache rule (``examples.stages.fingerprint``):
+    its argv (the stage's parameters) and the size + mtime of each input file."""
+    return stages.fingerprint({"argv": job.argv()[1:]}, inputs)
 
 
 def newest_policy(job: Job) -> Path:

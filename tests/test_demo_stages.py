@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from examples import demo, report
-from examples.stages import Stage, StageError, read_marker, run_stages, sources_of, stage_times
+from examples.stages import Stage, StageError, code_inputs, read_marker, run_stages, stage_times
 
 
 def _writer(path: Path, calls: list[str], name: str, text: str = "x"):
@@ -169,14 +169,42 @@ def test_a_failing_stage_side_by_side_stops_the_run_after_the_running_ones(tmp_p
         run_stages([], tmp_path, at_once=0)
 
 
-def test_sources_of_a_package_lists_its_modules_and_configs():
+def test_code_inputs_follow_every_project_import_and_take_the_configs():
     import recipe.relate
     import recipe.relate.generate
+    import recipe.relate.main_relate
 
-    files = sources_of(recipe.relate, recipe.relate.generate)
+    files = code_inputs(recipe.relate, recipe.relate.generate)
     names = {p.name for p in files}
     assert {"main_relate.py", "relate_trainer.yaml", "cpu.yaml", "generate.py"} <= names
     assert all(p.is_file() for p in files)
+    # followed transitively, also through imports inside functions; nothing outside the repository
+    closure = {p.relative_to(demo.REPO).as_posix() for p in code_inputs(recipe.relate.main_relate)}
+    assert {"recipe/relate/relate_trainer.py", "recipe/relate/scoring.py", "reward_fns/compose.py",
+            "ctcvr_model/scorer.py", "relate_common/records.py", "reward_fns/lexicons/stopwords.yaml"} <= closure
+    assert "recipe/relate/generate.py" not in closure and not any(".venv" in p for p in closure)
+
+
+def test_a_new_import_joins_the_code_inputs(tmp_path, monkeypatch):
+    """The code a stage runs is computed: a module that starts importing another brings it in."""
+    import sys
+
+    pkg = tmp_path / "probe_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("X = 1\n")
+    (pkg / "entry.py").write_text("def run():\n    return 0\n")
+    monkeypatch.setattr("examples.stages.PROJECT_ROOT", tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import probe_pkg.entry as entry
+
+    assert [p.name for p in code_inputs(entry)] == ["__init__.py", "entry.py"]
+    (pkg / "entry.py").write_text("def run():\n    from probe_pkg import helper\n    return helper.X\n")
+    from examples import stages as stages_mod
+
+    stages_mod._imports.cache_clear()
+    assert [p.name for p in code_inputs(entry)] == ["__init__.py", "entry.py", "helper.py"]
+    sys.modules.pop("probe_pkg.entry", None)
 
 
 def test_every_stage_depends_on_the_code_it_runs(tmp_path):

@@ -36,6 +36,17 @@ def test_a_jobs_threads_reach_every_verl_process_unless_the_user_set_them(tmp_pa
     assert Job("relate", tmp_path, (), threads=1).env()[THREADS_ENV] == "3"
 
 
+def test_fingerprint_is_the_stage_rule_of_the_job_argv_and_inputs(tmp_path):
+    """A job's job.json and its training stage's marker hold one and the same fingerprint."""
+    from examples.stages import Stage
+
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"abc")
+    job = Job("relate", tmp_path / "run", ("a=1",))
+    stage = Stage("train", lambda: None, inputs=[data], outputs=[], params={"argv": job.argv()[1:]})
+    assert fingerprint(job, [data]) == stage.fingerprint()
+
+
 def test_fingerprint_changes_with_the_overrides_and_the_inputs(tmp_path):
     data = tmp_path / "train.parquet"
     data.write_bytes(b"abc")
@@ -47,7 +58,7 @@ def test_fingerprint_changes_with_the_overrides_and_the_inputs(tmp_path):
     assert fingerprint(job, [data]) != first
     stat = data.stat()
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert fingerprint(job, [data])["inputs_sha256"] != first["inputs_sha256"]
+    assert fingerprint(job, [data])["inputs"] != first["inputs"]
 
 
 def test_newest_policy_follows_verls_tracker_file(tmp_path):
@@ -115,4 +126,4 @@ def test_an_interrupted_job_resumes_and_a_changed_one_starts_over(tmp_path, monk
     changed = Job("sft", tmp_path / "run", ("trainer.total_training_steps=3",))
     run_job(changed, [data])
     assert not (job.run_dir / "stale.txt").exists()
-    assert "trainer.total_training_steps=3" in json.loads((job.run_dir / "job.json").read_text())["argv"]
+    assert "trainer.total_training_steps=3" in json.loads((job.run_dir / "job.json").read_text())["params"]["argv"]

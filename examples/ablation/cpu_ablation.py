@@ -50,11 +50,9 @@ from typing import Any
 
 import examples.demo as demo
 import examples.verl_jobs as verl_jobs
-import relate_common
-import reward_fns
 from data_prep.config import SAMPLE_RECORDS
 from examples.ablation import table3 as t3
-from examples.stages import Stage, run_stages, sources_of
+from examples.stages import Stage, code_inputs, run_stages
 from verl_cpu.threads import threads_per_process
 
 PRESETS = ("model1", "model2", "model3", "model4", "relate")
@@ -167,10 +165,10 @@ def ablation_stages(budget: AblationBudget, base_dir: Path, out: Path) -> list[S
     stages.append(Stage("table3", lambda: write_table3(budget, base, layout, list(jobs)),
                         inputs=[*generations, *(j.metrics for j in jobs.values()), base.scorer / "config.json",
                                 base.scorer / "model.safetensors",
-                                *sources_of(t3, evaluate_mod, reward_fns, relate_common, sys.modules[__name__])],
+                                *code_inputs(t3, evaluate_mod), Path(__file__)],
                         outputs=[layout.table3_md, layout.table3_json], params={"seeds": list(budget.seeds)}))
     stages.append(Stage("figure3", lambda: write_figure3(budget, layout, jobs),
-                        inputs=[*(j.metrics for j in jobs.values()), *sources_of(examples.plots, sys.modules[__name__])],
+                        inputs=[*(j.metrics for j in jobs.values()), *code_inputs(examples.plots), Path(__file__)],
                         outputs=[layout.figure3], params={"seeds": list(budget.seeds)}))
     return stages
 

@@ -187,7 +187,7 @@ def render(result: Mapping, labels: Mapping[str, str]) -> str:
         lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
         if name in PAPER_TABLE3:
             paper = dict(zip(PAPER_KEYS, PAPER_TABLE3[name]))
-            lines.append(f"| &nbsp;&nbsp;paper (Qwen3-8B, step 150) | "
+            lines.append("| &nbsp;&nbsp;paper (Qwen3-8B, step 150) | "
                          + " | ".join(_num(paper.get(m), 3) if m in paper else "" for m, _ in COLUMNS)
                          + " |")
     lines += ["", "| finding (paper sec. 4.4.2) | metric | paper | here: difference [95% interval] (per seed) | verdict |",
