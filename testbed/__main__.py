@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.config import SAMPLE_RECORDS
 from testbed.config import TestbedConfig
 
 
@@ -45,68 +47,91 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from data_prep.config import SAMPLE_RECORDS
+@dataclass(frozen=True)
+class BuildRun:
+    """``build``: train the testbed (``testbed`` sizes) from ``records`` into the model folder ``output``."""
+
+    output: Path
+    records: Path = SAMPLE_RECORDS
+    testbed: TestbedConfig = TestbedConfig()
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """``probe``: greedy and ``samples`` sampled ads per prompt of the RL parquet ``data`` by ``model``."""
+
+    model: Path
+    data: Path
+    samples: int = 4
+    max_new_tokens: int = 96
+    output: Path | None = None  # also write the figures as JSON here
+
+
+def run_build(run: BuildRun) -> int:
     from relate_common.records import RecordError, load_records
     from testbed.build import build_testbed
 
-    if args.steps < 1 or args.recombined < 0:
+    config = run.testbed
+    if config.pretrain.steps < 1 or config.pretrain.recombined_records < 0:
         print("error: --steps must be >= 1 and --recombined >= 0", file=sys.stderr)
         return 2
     try:
-        records, _ = load_records(args.records or SAMPLE_RECORDS)
+        records, _ = load_records(run.records)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    d = TestbedConfig()
-    config = dataclasses.replace(d, seed=args.seed, pretrain=dataclasses.replace(
-        d.pretrain, steps=args.steps, recombined_records=args.recombined, threads=args.threads))
-    report = build_testbed(records, args.output, config, progress=not args.no_progress)
+    report = build_testbed(records, run.output, config, progress=run.progress)
     c, t = report["corpus"], report["timings"]
     print(f"testbed: {report['parameters']:,} parameters, vocabulary {report['vocab_size']}; corpus {c['pairs']} pairs "
           f"({c['records']} records), prompt {c['mean_prompt_tokens']:.0f} / ad {c['mean_ad_tokens']:.0f} tokens mean, "
           f"{c['dropped_over_max_length']} pairs over {config.pretrain.max_length} tokens left out")
     print(f"loss {report['loss_first']:.3f} -> {report['loss_last_50']:.3f} (mean of the last 50 steps); corpus "
           f"{t['corpus_s']:.1f} s, tokenizer {t['tokenizer_s']:.1f} s, pre-training {t['pretrain_s']:.1f} s")
-    print(f"wrote {args.output}")
+    print(f"wrote {run.output}")
     return 0
 
 
-def run_probe(args: argparse.Namespace) -> int:
-    from recipe.relate.generate import read_prompts
-    from recipe.relate.generate import load_policy
+def run_probe(run: ProbeRun) -> int:
+    from recipe.relate.generate import load_policy, read_prompts
     from relate_common.jsonio import write_json
     from relate_common.records import RecordError
     from testbed.probe import format_probe, probe_rows, sample_ads
 
-    if args.samples < 1 or args.max_new_tokens < 1:
+    if run.samples < 1 or run.max_new_tokens < 1:
         print("error: --samples and --max-new-tokens must be >= 1", file=sys.stderr)
         return 2
-    if not args.model.is_dir():
-        print(f"error: --model {args.model}: not a model folder", file=sys.stderr)
+    if not run.model.is_dir():
+        print(f"error: --model {run.model}: not a model folder", file=sys.stderr)
         return 2
     try:
-        prompts = read_prompts(str(args.data))
+        prompts = read_prompts(str(run.data))
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model, tokenizer = load_policy(str(args.model), device="cpu")
+    model, tokenizer = load_policy(str(run.model), device="cpu")
     messages, records = [m for m, _ in prompts], [r for _, r in prompts]
-    greedy = sample_ads(model, tokenizer, messages, n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
-    sampled = sample_ads(model, tokenizer, messages, n=args.samples, temperature=1.0,
-                         max_new_tokens=args.max_new_tokens)
+    greedy = sample_ads(model, tokenizer, messages, n=1, temperature=0.0, max_new_tokens=run.max_new_tokens)
+    sampled = sample_ads(model, tokenizer, messages, n=run.samples, temperature=1.0, max_new_tokens=run.max_new_tokens)
     figures = {"greedy": probe_rows(records, greedy), "sampled": probe_rows(records, sampled)}
-    print(format_probe(figures["greedy"], f"{args.model}: greedy, {len(records)} prompts of {args.data}"))
+    print(format_probe(figures["greedy"], f"{run.model}: greedy, {len(records)} prompts of {run.data}"))
     print()
-    print(format_probe(figures["sampled"], f"{args.samples} samples per prompt at temperature 1 (first sample's shares)"))
-    if args.output is not None:
-        write_json(figures, args.output)
+    print(format_probe(figures["sampled"], f"{run.samples} samples per prompt at temperature 1 (first sample's shares)"))
+    if run.output is not None:
+        write_json(figures, run.output)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_build(args) if args.command == "build" else run_probe(args)
+    if args.command == "probe":
+        return run_probe(ProbeRun(model=args.model, data=args.data, samples=args.samples,
+                                  max_new_tokens=args.max_new_tokens, output=args.output))
+    d = TestbedConfig()
+    testbed = dataclasses.replace(d, seed=args.seed, pretrain=dataclasses.replace(
+        d.pretrain, steps=args.steps, recombined_records=args.recombined, threads=args.threads))
+    return run_build(BuildRun(output=args.output, records=args.records or SAMPLE_RECORDS, testbed=testbed,
+                              progress=not args.no_progress))
 
 
 if __name__ == "__main__":
