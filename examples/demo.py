@@ -51,6 +51,7 @@ import relate_common
 import relate_common.records
 import verl_cpu
 from data_prep.config import SAMPLE_RECORDS
+from examples.cli import override_at_least
 from examples.stages import Stage, code_inputs, run_stages
 from testbed.config import TestbedConfig
 
@@ -415,19 +416,10 @@ def resolve_budget(args: argparse.Namespace) -> Budget:
     if args.smoke and args.policy == "smollm2":
         raise SystemExit("error: --smoke runs the tiny testbed; --policy smollm2 is a full run")
     budget = SMOKE if args.smoke else SMOLLM2 if args.policy == "smollm2" else FULL
-    if args.steps is not None:
-        if args.steps < 1:
-            raise SystemExit("error: --steps must be >= 1")
-        budget = dataclasses.replace(budget, steps=args.steps)
-    if args.sft_steps is not None:
-        if args.sft_steps < 1:
-            raise SystemExit("error: --sft-steps must be >= 1")
-        budget = dataclasses.replace(budget, sft_steps=args.sft_steps)
-    if args.impressions is not None:
-        if args.impressions < 1000:
-            raise SystemExit("error: --impressions must be >= 1000 (the CTCVR tables need conversions in every split)")
-        budget = dataclasses.replace(budget, impressions=args.impressions)
-    return budget
+    budget = override_at_least(budget, "steps", args.steps, 1)
+    budget = override_at_least(budget, "sft_steps", args.sft_steps, 1)
+    return override_at_least(budget, "impressions", args.impressions, 1000,
+                             " (the CTCVR tables need conversions in every split)")
 
 
 def build_parser() -> argparse.ArgumentParser:

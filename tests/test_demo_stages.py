@@ -254,6 +254,8 @@ def test_budget_overrides_are_validated():
         demo.resolve_budget(parse(["--steps", "0"]))
     with pytest.raises(SystemExit):
         demo.resolve_budget(parse(["--impressions", "10"]))
+    with pytest.raises(SystemExit, match="--sft-steps must be >= 1"):
+        demo.resolve_budget(parse(["--sft-steps", "0"]))
 
 
 def test_report_sections_and_examples():

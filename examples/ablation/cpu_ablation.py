@@ -52,6 +52,7 @@ import examples.demo as demo
 import examples.verl_jobs as verl_jobs
 from data_prep.config import SAMPLE_RECORDS
 from examples.ablation import table3 as t3
+from examples.cli import override_at_least
 from examples.stages import Stage, code_inputs, run_stages
 from verl_cpu.threads import threads_per_process
 
@@ -317,14 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> tuple[AblationBudget, Path, Path]:
     """(budget, output dir, base dir) from the command line."""
     budget = SMOKE if args.smoke else DEFAULT
-    if args.steps is not None:
-        if args.steps < 1:
-            raise SystemExit("error: --steps must be >= 1")
-        budget = dataclasses.replace(budget, steps=args.steps)
-    if args.runs_at_once is not None:
-        if args.runs_at_once < 1:
-            raise SystemExit("error: --runs-at-once must be >= 1")
-        budget = dataclasses.replace(budget, runs_at_once=args.runs_at_once)
+    budget = override_at_least(budget, "steps", args.steps, 1)
+    budget = override_at_least(budget, "runs_at_once", args.runs_at_once, 1)
     if args.seeds is not None:
         if len(set(args.seeds)) != len(args.seeds):
             raise SystemExit(f"error: --seeds must be distinct, got {args.seeds}")
