@@ -14,14 +14,10 @@ unpredictable masks, index arrays and ``take`` are used instead (several times f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reward_fns.text import KeyTable, code_points, mark_spans
-
-if TYPE_CHECKING:  # annotations only: text_filters imports this module
-    from reward_fns.text_filters import CharArrays
+from reward_fns.text import CharArrays, KeyTable, code_points, mark_spans
 
 _COPY_BUDGET = 8_000_000  # (start, prompt position) pairs to extend; beyond it the per-window loop is cheaper
 

@@ -66,6 +66,7 @@ from reward_fns.risk import (
 )
 from reward_fns.text import (
     CP_LIMIT,
+    CharArrays,
     KeyTable,
     _norm_char,
     char_table,
@@ -76,7 +77,6 @@ from reward_fns.text import (
     normalize_chars,
 )
 from reward_fns.text_filters import (
-    CharArrays,
     _ascii_words,
     _content_chars,
     _stopwords,
