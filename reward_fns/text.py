@@ -4,6 +4,10 @@ The risk lexicon, the claim checker and the diversity copy filter all match on n
 (full-width -> half-width, case folded) but must report spans in the ORIGINAL response. A
 normalisation that keeps one output character per input character makes both the same thing:
 an index into the normalised string is an index into the original.
+
+:class:`CharArrays` is step 1 of the batch credit (:mod:`reward_fns.credit`): the batch's
+responses normalised once, with their character flags and each token's trimmed span, which the
+eligibility masks, the prompt-copy scan and the blacklist scan all read.
 """
 
 from __future__ import annotations

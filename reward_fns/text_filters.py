@@ -1,10 +1,15 @@
 """Text filters of the diversity statistics: which tokens and windows may count toward G_high.
 
+Step 2 of the credit path (:mod:`reward_fns.credit`): it reads the batch normalised once
+(:class:`reward_fns.text.CharArrays`, step 1) and its masks feed the n-gram statistics
+(:mod:`reward_fns.ngram_stats`, step 3). :func:`eligibility_masks` runs the step:
+
 Shapes: B responses, L tokens, W_n = L - n + 1 windows of length n, N characters of the batch's
 texts concatenated.
 
 * :func:`content_token_mask` (B, L): tokens inside the response, not a field label, not a line
   break;
+* :func:`window_validity` {n: (B, W_n)}: windows whose every token is such a token;
 * :func:`text_eligibility` {n: (B, W_n)}: from the decoded, normalised text, windows with at
   least ``min_ngram_chars`` letters / digits, at least one of them outside a function word
   (lexicons/stopwords.yaml), and not touching an n-gram copied from the prompt's own query,
@@ -25,15 +30,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from relate_common.ad_format import ParsedAd
+from relate_common.records import AdRecord
 
 from reward_fns.config import DiversityConfig
-from reward_fns.prompt_copies import copied_chars
+from reward_fns import prompt_copies
 from reward_fns.text import (
     CP_LIMIT,
     CharArrays,
@@ -46,6 +53,38 @@ from reward_fns.text import (
 )
 
 LEXICON_DIR = Path(__file__).parent / "lexicons"
+
+
+@dataclass
+class Eligibility:
+    """Step 2's masks. valid: (B, L) bool tokens that may be part of an n-gram; oks: {n: (B, W_n)
+    bool} windows of valid tokens; eligible: {n: (B, W_n) bool} windows the text lets count."""
+
+    valid: np.ndarray
+    oks: dict[int, np.ndarray]
+    eligible: dict[int, np.ndarray]
+
+
+def eligibility_masks(
+    chars: CharArrays,
+    responses: Sequence[str],
+    offsets: np.ndarray,
+    mask: np.ndarray,
+    parsed: Sequence[ParsedAd] | None,
+    prompts: Sequence[AdRecord | Mapping[str, object]] | None,
+    cfg: DiversityConfig,
+) -> Eligibility:
+    """:func:`content_token_mask`, :func:`window_validity` and :func:`text_eligibility` of a batch.
+
+    chars: ``CharArrays.build(responses, offsets)``; offsets: (B, L, 2); mask: (B, L) tokens
+    inside each response; parsed: ``parse_ad`` of each response or None (labels found
+    batch-wise); prompts: (B,) records or mappings whose fields may be copied (None: no copy
+    filter), normalised together by :func:`reward_fns.prompt_copies.prompt_texts`.
+    """
+    valid = content_token_mask(responses, parsed, offsets, mask, chars)
+    oks = window_validity(valid, cfg.n_min, cfg.n_max)
+    ptexts = prompt_copies.prompt_texts(prompts) if prompts is not None else None
+    return Eligibility(valid, oks, text_eligibility(responses, offsets, oks, ptexts, cfg, chars))
 
 
 @lru_cache(maxsize=4)
@@ -311,6 +350,21 @@ def content_token_mask(
     return ok
 
 
+def window_validity(valid: np.ndarray, n_min: int, n_max: int) -> dict[int, np.ndarray]:
+    """{n: ok (B, W_n) bool}: every token of the window valid; the ``oks`` of
+    :func:`reward_fns.ngram_stats.ngram_keys` without hashing anything. valid: (B, L) bool; n > L gives (B, 0) arrays."""
+    v = np.asarray(valid, dtype=bool)
+    B, L = v.shape
+    oks: dict[int, np.ndarray] = {}
+    ok = v.copy()
+    for n in range(1, n_max + 1):
+        if n > 1:
+            ok = ok[:, :-1] & v[:, n - 1 :] if n <= L else np.zeros((B, 0), dtype=bool)
+        if n >= n_min:
+            oks[n] = ok
+    return oks
+
+
 def text_eligibility(
     responses: Sequence[str],
     offsets: np.ndarray,
@@ -323,8 +377,8 @@ def text_eligibility(
     them outside a function word, and not copied from the prompt.
 
     responses: the decoded texts; offsets: (B, L, 2) character spans of the tokens; oks: the
-    window validity from :func:`reward_fns.ngram_stats.ngram_keys`; prompt_texts: per response,
-    the prompt's fields joined (see :func:`prompt_text`), or None to skip the copy filter.
+    window validity from :func:`window_validity`; prompt_texts: per response, the prompt's fields
+    joined (:func:`reward_fns.prompt_copies.prompt_text`), or None to skip the copy filter.
 
     The copy test is on normalised text: a window is a copy when its characters, trimmed of
     outer spaces, occur in the prompt text. Copies that would count as n-grams (enough letters,
@@ -359,7 +413,7 @@ def text_eligibility(
             o &= a_e[:, n - 1 : n - 1 + W] >= need[:, :W]
         out[n] = o
     if cfg.exclude_prompt_copies and prompt_texts is not None and ns:
-        copied_cum = flat_cumsum(copied_chars(chars, oks, out, prompt_texts, ns, fs, fe))
+        copied_cum = flat_cumsum(prompt_copies.copied_chars(chars, oks, out, prompt_texts, ns, fs, fe))
         # Exclude every window that touches a copied n-gram, not only the copies themselves:
         # "，全国包邮" or "shipping today" around a copied "全国包邮" / "free shipping" would
         # otherwise carry the prompt's words into G_high through their neighbours.
@@ -369,12 +423,3 @@ def text_eligibility(
             if W:
                 out[n] &= p_e[:, n - 1 : n - 1 + W] <= p_s[:, :W]
     return out
-
-
-def prompt_text(query: str, bidword: str, selling_points: Sequence[str]) -> str:
-    """The prompt fields an n-gram may be copied from, normalised, joined by NUL.
-
-    NUL never occurs in a normalised response (control characters normalise to spaces), so a
-    window can never match across two fields.
-    """
-    return "\x00".join(normalize_chars(x) for x in (query, bidword, *selling_points))
