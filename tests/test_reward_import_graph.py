@@ -13,7 +13,9 @@ PKG = Path(__file__).resolve().parents[1] / "reward_fns"
 
 # reward_fns.credit's steps (normalise -> eligibility -> n-gram statistics -> spans -> token
 # mask), with the modules they stand on: each may import only those before it.
-CREDIT_PATH = ["types", "config", "text", "prompt_copies", "text_filters", "ngram_stats", "risk", "attribution", "credit"]
+CREDIT_PATH = [
+    "types", "config", "text", "prompt_copies", "text_filters", "ngram_stats", "literals", "risk", "attribution", "credit",
+]
 
 
 def reward_fns_imports() -> dict[str, set[str]]:

@@ -56,14 +56,11 @@ from reward_fns.prompt_copies import _copied_chars_loop, _match_lengths
 from reward_fns.prompt_copies import prompt_fields as _prompt_fields
 from reward_fns.prompt_copies import prompt_texts as _prompt_texts
 import reward_fns.risk as risk_mod
+from reward_fns.literals import literal_presence, required_clauses, required_literals, texts_containing
 from reward_fns.risk import (
     Lexicon,
     _Category,
-    literal_presence,
     load_lexicon,
-    required_clauses,
-    required_literals,
-    texts_containing,
 )
 from reward_fns.text import (
     CP_LIMIT,
