@@ -5,7 +5,8 @@ Two call patterns share this code:
 * per sample (verl reward-loop worker): :func:`score_samples` with lists of one. It computes
   every sentence-level component of the preset and the sentence reward WITHOUT diversity,
   which needs the whole batch;
-* per batch (the RELATE trainer's advantage step): :func:`batch_credit` on the decoded
+* per batch (the RELATE trainer's advantage step): :func:`batch_credit` (:mod:`reward_fns.credit`,
+  re-exported here) on the decoded
   ``responses`` with their token offsets and group ids: G_high, the eq. 4 penalty (added to the
   sentence reward when diversity is sentence-level: Models 3-4) and eq. 5's token penalty
   (``relate``: blacklist and G_high tokens).
@@ -33,24 +34,17 @@ import numpy as np
 from relate_common.ad_format import ParsedAd, parse_ad
 from relate_common.records import AdRecord
 
-from reward_fns.attribution import (
-    batch_spans_to_token_mask,
-    pad_batch,
-    token_mask_to_spans,
-    token_penalty,
-)
+from reward_fns.attribution import pad_batch
 from reward_fns.config import COMPONENTS, RewardConfig, resolve_config
 from reward_fns.correctness import correctness_reward, offline_correctness
+from reward_fns.credit import BatchCredit, batch_credit
 from reward_fns.ctcvr import ctcvr_reward
 from reward_fns.format import format_reward
 from reward_fns.judge import JudgeClient, JudgeRequest, JudgeVerdict
 from reward_fns.length import length_reward
-from reward_fns.ngram_stats import NgramStats, WindowKeys, group_codes, statistics_from_keys, window_validity
 from reward_fns.relevance import EncoderPool, relevance_scores
-from reward_fns.risk import RiskHit, find_blacklist_hits, is_compliant, load_lexicon, risk_blacklist_reward, risk_judge_reward
-from reward_fns.text import normalize_batch
-from reward_fns.text_filters import CharArrays, content_token_mask, prompt_text, text_eligibility
-from reward_fns.types import ComponentScore, Span, Trigger
+from reward_fns.risk import RiskHit, find_blacklist_hits, is_compliant, risk_blacklist_reward, risk_judge_reward
+from reward_fns.types import ComponentScore, Trigger
 
 # ---- context ------------------------------------------------------------------------------------
 
@@ -368,145 +362,6 @@ def score_samples(
             )
         )
     return out
-
-
-# ---- per batch ----------------------------------------------------------------------------------
-
-
-@dataclass
-class BatchCredit:
-    """Batch-level consequences: diversity statistics, sentence diversity term, token penalty."""
-
-    stats: NgramStats
-    diversity_penalty: np.ndarray  # (B,) eq. 4, in [floor, 0]
-    sentence_diversity: np.ndarray  # (B,) w_div * penalty when diversity is sentence-level, else 0
-    blacklist_mask: np.ndarray  # (B, L) bool, tokens in blacklisted spans
-    token_penalty: np.ndarray  # (B, L) float32, eq. 5 over the preset's token-level components
-    mask: np.ndarray  # (B, L) bool, tokens inside each response
-    blacklist_spans: list[list[Span]]
-    # Character spans of G_high occurrences per response. None: computed from ``_span_source``
-    # (texts, (B, L, 2) offsets) on first access; the trainer never reads them.
-    diversity_spans: list[list[Span]] | None = None
-    _span_source: tuple[Sequence[str], np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-
-def _get_diversity_spans(self: BatchCredit) -> list[list[Span]]:
-    spans = self.__dict__.get("_diversity_spans")
-    if spans is None and self._span_source is not None:
-        texts, off = self._span_source
-        tm = self.stats.token_mask
-        spans = [token_mask_to_spans(tm[b], off[b], texts[b]) for b in range(len(texts))]
-        self.__dict__["_diversity_spans"] = spans
-        self._span_source = None
-    return spans
-
-
-def _set_diversity_spans(self: BatchCredit, value: list[list[Span]] | None) -> None:
-    self.__dict__["_diversity_spans"] = value
-
-
-# A property over the dataclass field: ``BatchCredit(..., diversity_spans=...)`` still works, and
-# ``credit.diversity_spans`` is a plain list, computed only when someone reads it.
-BatchCredit.diversity_spans = property(_get_diversity_spans, _set_diversity_spans)  # type: ignore[assignment]
-
-
-def _prompt_fields(p: AdRecord | Mapping[str, Any]) -> str:
-    return prompt_text(*_prompt_parts(p))
-
-
-def _prompt_parts(p: AdRecord | Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]]:
-    """(query, bidword, selling points) that :func:`_prompt_fields` joins."""
-    if isinstance(p, AdRecord):
-        return p.query, p.bidword, tuple(p.selling_points)
-    sp = p.get("selling_points") or []
-    if isinstance(sp, str):
-        sp = [s for s in sp.split("|") if s.strip()]
-    return str(p.get("query", "")), str(p.get("bidword", "")), tuple(sp)
-
-
-def _prompt_texts(prompts: Sequence[AdRecord | Mapping[str, Any]]) -> list[str]:
-    """:func:`_prompt_fields` of every prompt, each distinct one joined once (G responses share
-    one), the fields of all of them normalised in one ``normalize_batch`` (which equals
-    ``normalize_chars`` per text, as :func:`prompt_text` uses it)."""
-    seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
-    distinct: list[tuple[str, str, tuple[str, ...]]] = []
-    which = []
-    for p in prompts:
-        key = _prompt_parts(p)
-        i = seen.get(key)
-        if i is None:
-            i = seen[key] = len(distinct)
-            distinct.append(key)
-        which.append(i)
-    norm = normalize_batch([f for query, bidword, sps in distinct for f in (query, bidword, *sps)]).texts
-    texts, k = [], 0
-    for _, _, sps in distinct:
-        texts.append("\x00".join(norm[k : k + 2 + len(sps)]))
-        k += 2 + len(sps)
-    return [texts[i] for i in which]
-
-
-def batch_credit(
-    responses: Sequence[str],
-    token_ids: Sequence[Sequence[int]] | np.ndarray,
-    offsets: Sequence[Sequence[Sequence[int]]] | np.ndarray,
-    group_ids: Sequence[Hashable],
-    prompts: Sequence[AdRecord | Mapping[str, Any]] | None,
-    config: RewardConfig | str | dict | None = None,
-    response_mask: np.ndarray | None = None,
-    parsed: Sequence[ParsedAd] | None = None,
-) -> BatchCredit:
-    """Batch n-gram statistics + span attribution over generated token ids (trainer side).
-
-    responses: B decoded texts; token_ids: (B, L) padded or ragged; offsets: (B, L, 2) or ragged
-    (L_i, 2) character spans of each token in its text (attribution.decode_with_offsets gives both
-    text and offsets for generated ids); group_ids: (B,) prompt / uid of each response;
-    prompts: per response the record (or a mapping with query, bidword, selling_points) whose
-    fields may be copied without counting as a template (None: no copy filter);
-    response_mask: (B, L) valid tokens of a padded batch.
-
-    Whole-batch array code throughout (no Python loop per character or token); see
-    benchmarks/bench_advantage.py for its cost on a 1440 x 256 batch.
-    """
-    cfg = resolve_config(config)
-    ids, off, mask = pad_batch(token_ids, offsets, response_mask)
-    B, L = ids.shape
-    if len(responses) != B:
-        raise ValueError(f"{len(responses)} responses but {B} token rows")
-    chars = CharArrays.build(responses, off)
-    # Only the field labels are read from the parse: found batch-wise when not given.
-    valid = content_token_mask(responses, list(parsed) if parsed is not None else None, off, mask, chars)
-    D = cfg.diversity
-    oks = window_validity(valid, D.n_min, D.n_max)
-    keys = WindowKeys(ids, D.n_min, D.n_max)  # hashed where G_high counting reads them
-    ptexts = _prompt_texts(prompts) if prompts is not None else None
-    eligible = text_eligibility(responses, off, oks, ptexts, D, chars)
-    codes, n_groups = group_codes(list(group_ids))
-    if len(codes) != B:
-        raise ValueError(f"{len(codes)} group ids for {B} responses")
-    stats = statistics_from_keys(keys, oks, codes, n_groups, D, valid, eligible)
-    penalty = stats.penalty(D)
-    div_sentence = "diversity" in cfg.weights and not cfg.is_token_level("diversity")
-    sentence_div = cfg.weights.get("diversity", 0.0) * penalty if div_sentence else np.zeros(B)
-
-    lexicon = load_lexicon(cfg.risk)
-    bl_spans = [[h.span for h in hits] for hits in lexicon.find_many(responses, chars.texts, (chars.norm_codes, chars.bounds))]
-    bl_mask = batch_spans_to_token_mask(bl_spans, off, mask)
-    use_bl = "risk_blacklist" in cfg.weights and cfg.is_token_level("risk_blacklist")
-    use_div = "diversity" in cfg.weights and cfg.is_token_level("diversity")
-    r_token = token_penalty(
-        bl_mask if use_bl else None, stats.token_mask if use_div else None, cfg.credit.lambda1, cfg.credit.lambda2, (B, L)
-    )
-    return BatchCredit(
-        stats=stats,
-        diversity_penalty=penalty,
-        sentence_diversity=np.asarray(sentence_div, dtype=np.float64),
-        blacklist_mask=bl_mask,
-        token_penalty=r_token,
-        mask=mask,
-        blacklist_spans=bl_spans,
-        _span_source=(list(responses), off),
-    )
 
 
 # ---- both: score_batch --------------------------------------------------------------------------

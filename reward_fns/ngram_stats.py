@@ -98,21 +98,6 @@ def ngram_keys(
 _ROW_BLOCK = 64  # rows per block: (64, 256) uint64 arrays are 128 KiB
 
 
-def window_validity(valid: np.ndarray, n_min: int, n_max: int) -> dict[int, np.ndarray]:
-    """{n: ok (B, W_n) bool}: every token of the window valid; the ``oks`` of :func:`ngram_keys`
-    without hashing anything. valid: (B, L) bool; n > L gives (B, 0) arrays."""
-    v = np.asarray(valid, dtype=bool)
-    B, L = v.shape
-    oks: dict[int, np.ndarray] = {}
-    ok = v.copy()
-    for n in range(1, n_max + 1):
-        if n > 1:
-            ok = ok[:, :-1] & v[:, n - 1 :] if n <= L else np.zeros((B, 0), dtype=bool)
-        if n >= n_min:
-            oks[n] = ok
-    return oks
-
-
 def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     """(P^k, Q^k) for k < size, uint64 (Q = P^-1 mod 2^64).
 
@@ -392,7 +377,7 @@ def statistics_from_keys(
     that needs the window validity first, as ``batch_credit`` does, hashes only once).
 
     keys / oks: from ``ngram_keys(ids, valid, cfg.n_min, cfg.n_max)``, or ``WindowKeys(ids,
-    cfg.n_min, cfg.n_max)`` / ``window_validity(valid, cfg.n_min, cfg.n_max)`` (the same
+    cfg.n_min, cfg.n_max)`` / ``text_filters.window_validity(valid, cfg.n_min, cfg.n_max)`` (the same
     numbers, hashed only where read; ``NgramStats.keys`` is then that mapping); codes: (B,)
     group codes in [0, n_groups); valid: (B, L) bool.
     """

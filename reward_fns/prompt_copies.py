@@ -4,6 +4,9 @@ An ad may repeat its own query, bidword or selling points without that counting 
 :func:`reward_fns.text_filters.text_eligibility` drops every window touching such a copy.
 Shapes: B responses, L tokens, N characters of the batch's normalised texts concatenated.
 
+:func:`prompt_texts` gives the text a copy is looked for in: per response, its prompt's fields
+normalised and joined by NUL (:func:`prompt_text`), all prompts of a batch normalised at once.
+
 :func:`copied_chars` needs one number per window start, the longest prefix of the text from
 there that occurs in the prompt (:func:`_match_lengths`: exact, no hashing), and then compares
 window lengths with it; the per-window string search (:func:`_copied_chars_loop`) gives the same
@@ -13,17 +16,67 @@ unpredictable masks, index arrays and ``take`` are used instead (several times f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from relate_common.records import AdRecord
 
-from reward_fns.text import KeyTable, code_points, mark_spans
-
-if TYPE_CHECKING:  # annotations only: text_filters imports this module
-    from reward_fns.text_filters import CharArrays
+from reward_fns.text import CharArrays, KeyTable, code_points, mark_spans, normalize_batch, normalize_chars
 
 _COPY_BUDGET = 8_000_000  # (start, prompt position) pairs to extend; beyond it the per-window loop is cheaper
+
+
+# ---- the prompt's text ---------------------------------------------------------------------------
+
+
+def prompt_text(query: str, bidword: str, selling_points: Sequence[str]) -> str:
+    """The prompt fields an n-gram may be copied from, normalised, joined by NUL.
+
+    NUL never occurs in a normalised response (control characters normalise to spaces), so a
+    window can never match across two fields.
+    """
+    return "\x00".join(normalize_chars(x) for x in (query, bidword, *selling_points))
+
+
+def prompt_fields(p: AdRecord | Mapping[str, Any]) -> str:
+    """:func:`prompt_text` of one prompt (a record, or a mapping with query, bidword, selling_points)."""
+    return prompt_text(*_prompt_parts(p))
+
+
+def _prompt_parts(p: AdRecord | Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]]:
+    """(query, bidword, selling points) that :func:`prompt_fields` joins."""
+    if isinstance(p, AdRecord):
+        return p.query, p.bidword, tuple(p.selling_points)
+    sp = p.get("selling_points") or []
+    if isinstance(sp, str):
+        sp = [s for s in sp.split("|") if s.strip()]
+    return str(p.get("query", "")), str(p.get("bidword", "")), tuple(sp)
+
+
+def prompt_texts(prompts: Sequence[AdRecord | Mapping[str, Any]]) -> list[str]:
+    """(B,) :func:`prompt_fields` of every prompt, each distinct one joined once (G responses share
+    one), the fields of all of them normalised in one ``normalize_batch`` (which equals
+    ``normalize_chars`` per text, as :func:`prompt_text` uses it)."""
+    seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
+    distinct: list[tuple[str, str, tuple[str, ...]]] = []
+    which = []
+    for p in prompts:
+        key = _prompt_parts(p)
+        i = seen.get(key)
+        if i is None:
+            i = seen[key] = len(distinct)
+            distinct.append(key)
+        which.append(i)
+    norm = normalize_batch([f for query, bidword, sps in distinct for f in (query, bidword, *sps)]).texts
+    texts, k = [], 0
+    for _, _, sps in distinct:
+        texts.append("\x00".join(norm[k : k + 2 + len(sps)]))
+        k += 2 + len(sps)
+    return [texts[i] for i in which]
+
+
+# ---- the copies ----------------------------------------------------------------------------------
 
 
 def _triples(codes: np.ndarray) -> np.ndarray:

@@ -4,6 +4,10 @@ The risk lexicon, the claim checker and the diversity copy filter all match on n
 (full-width -> half-width, case folded) but must report spans in the ORIGINAL response. A
 normalisation that keeps one output character per input character makes both the same thing:
 an index into the normalised string is an index into the original.
+
+:class:`CharArrays` is step 1 of the batch credit (:mod:`reward_fns.credit`): the batch's
+responses normalised once, with their character flags and each token's trimmed span, which the
+eligibility masks, the prompt-copy scan and the blacklist scan all read.
 """
 
 from __future__ import annotations
@@ -198,6 +202,145 @@ def normalize_batch(texts: Sequence[str]) -> NormalizedBatch:
         norm = ncodes.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
     b = bounds.tolist()
     return NormalizedBatch([norm[b[i] : b[i + 1]] for i in range(len(texts))], bounds, codes, ncodes)
+
+
+# ---- a batch of responses with their tokens, normalised once ------------------------------------
+
+
+@dataclass
+class CharArrays:
+    """Character-level views of a batch of responses, computed once per batch.
+
+    texts: normalised responses; nonspace / alnum: (B, width) bool; tok_start / tok_end: (B, L)
+    each token's span with outer whitespace trimmed (end <= start for whitespace-only tokens).
+
+    The batch code works on the flat views (the texts concatenated, N characters, so that one
+    long response does not make every row long): bounds (B + 1,) (text b is
+    ``[bounds[b], bounds[b + 1])``), codes / norm_codes (N,) uint32 code points of the original /
+    normalised texts, rows (N,) the text of each character, flat_nonspace / flat_alnum (N,)
+    bool. ``nonspace`` and ``alnum`` are laid out per response only when read.
+    """
+
+    texts: list[str]
+    width: int
+    nonspace: np.ndarray | None = None
+    alnum: np.ndarray | None = None
+    tok_start: np.ndarray | None = None
+    tok_end: np.ndarray | None = None
+    bounds: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    norm_codes: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    flat_nonspace: np.ndarray | None = None
+    flat_alnum: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, responses: Sequence[str], offsets: np.ndarray) -> "CharArrays":
+        nb = normalize_batch(responses)
+        B = len(responses)
+        lens = np.diff(nb.bounds)
+        width = int(lens.max(initial=0)) + 1
+        table = char_table()
+        table.ensure(nb.norm_codes)
+        out = cls(nb.texts, width, bounds=nb.bounds, codes=nb.codes, norm_codes=nb.norm_codes,
+                  rows=np.repeat(np.arange(B, dtype=np.int64), lens),
+                  flat_nonspace=table.nonspace.take(nb.norm_codes), flat_alnum=table.alnum.take(nb.norm_codes))
+        out.tok_start, out.tok_end, *flat = _trimmed_token_spans_flat(out, np.asarray(offsets, dtype=np.int64))
+        out.__dict__["_flat_tokens"] = tuple(flat)
+        return out
+
+    def to_rows(self, flat: np.ndarray) -> np.ndarray:
+        """(N,) per-character values -> (B, width), zero past each text."""
+        B = len(self.texts)
+        lens = np.diff(self.bounds)
+        out = np.zeros(B * self.width, dtype=flat.dtype)
+        out[np.arange(len(flat), dtype=np.int64) + self.rows * self.width - np.repeat(self.bounds[:-1], lens)] = flat
+        return out.reshape(B, self.width)
+
+    def flat_index(self, pos: np.ndarray) -> np.ndarray:
+        """(B, L) positions (>= 0) in each text -> indices into (N + 1,) flat prefix sums: past
+        a text's end (where a row of width ``width`` holds nothing) reads as its end."""
+        out = np.minimum(pos, np.diff(self.bounds)[:, None])
+        out += self.bounds[:-1][:, None]
+        return out
+
+    def flat_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """(``flat_index(tok_start)``, ``flat_index(tok_end)``), computed once (the content mask,
+        the eligibility and the copy scan all read them)."""
+        got = self.__dict__.get("_flat_tokens")
+        if got is None:
+            got = self.__dict__["_flat_tokens"] = (self.flat_index(self.tok_start), self.flat_index(self.tok_end))
+        return got
+
+
+def _cached_rows(name: str, flat_name: str):
+    key = "_" + name
+
+    def get(self: CharArrays) -> np.ndarray | None:
+        value = self.__dict__.get(key)
+        if value is None and getattr(self, flat_name) is not None:
+            value = self.__dict__[key] = self.to_rows(getattr(self, flat_name))
+        return value
+
+    def set_(self: CharArrays, value: np.ndarray | None) -> None:
+        self.__dict__[key] = value
+
+    return property(get, set_)
+
+
+CharArrays.nonspace = _cached_rows("nonspace", "flat_nonspace")  # type: ignore[assignment]
+CharArrays.alnum = _cached_rows("alnum", "flat_alnum")  # type: ignore[assignment]
+
+
+def _trimmed_token_spans_flat(
+    chars: CharArrays, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per token, its span with leading / trailing whitespace removed: (start (B, L), end (B, L)),
+    and the same as flat positions (``chars.flat_index`` of both: see :meth:`CharArrays.flat_tokens`).
+
+    start: the next non-space character at or after the token's start in its text (``width``
+    if none); end: one past the last non-space character before its end (0 if none); so a
+    whitespace-only token gets end <= start. Offsets are clipped to [0, width - 1] / [0, width]
+    as for a (B, width) layout; past a text's end (where such a row holds nothing) they read as
+    its end. Running minima / maxima over the flat characters, one gather per token.
+    """
+    width = chars.width
+    N = len(chars.flat_nonspace)
+    lens = np.diff(chars.bounds)[:, None]
+    base = chars.bounds[:-1][:, None]
+    end = chars.bounds[1:][:, None]
+    # int32 positions where they fit: half the memory traffic of the running minima / maxima
+    small = np.int32 if N < 2**31 - 1 else np.int64
+    nonspace = chars.flat_nonspace
+    nxt = np.empty(N + 1, dtype=small)  # next non-space at or after f (N: none); nxt[f] >= f
+    nxt[N] = N
+    np.copyto(nxt[:N], np.arange(N, dtype=small))
+    nxt[:N][~nonspace] = N
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    prv = np.zeros(N + 1, dtype=small)  # (last non-space before f) + 1 (0: none)
+    np.maximum.accumulate(np.arange(1, N + 1, dtype=small) * nonspace, out=prv[1:])
+    f = np.maximum(offsets[..., 0], 0)
+    np.minimum(f, lens, out=f)
+    f += base
+    fs = nxt.take(f).astype(np.int64)  # >= the token's start, so >= its text's start
+    s = fs - base
+    s[fs >= end] = width  # past the text's end: none in this text
+    np.minimum(fs, end, out=fs)
+    f = np.maximum(offsets[..., 1], 0)
+    np.minimum(f, lens, out=f)
+    f += base
+    fe = prv.take(f).astype(np.int64)  # <= the token's end, so <= its text's end
+    np.maximum(fe, base, out=fe)
+    return s, fe - base, fs, fe
+
+
+def flat_cumsum(x: np.ndarray) -> np.ndarray:
+    """(N,) -> (N + 1,) int32 prefix sums starting at 0."""
+    out = np.zeros(len(x) + 1, dtype=np.int32)
+    np.cumsum(x, dtype=np.int32, out=out[1:])
+    return out
+
+
 
 
 def content_spans(parsed: ParsedAd) -> list[Span]:

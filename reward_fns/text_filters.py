@@ -1,10 +1,15 @@
 """Text filters of the diversity statistics: which tokens and windows may count toward G_high.
 
+Step 2 of the credit path (:mod:`reward_fns.credit`): it reads the batch normalised once
+(:class:`reward_fns.text.CharArrays`, step 1) and its masks feed the n-gram statistics
+(:mod:`reward_fns.ngram_stats`, step 3). :func:`eligibility_masks` runs the step:
+
 Shapes: B responses, L tokens, W_n = L - n + 1 windows of length n, N characters of the batch's
 texts concatenated.
 
 * :func:`content_token_mask` (B, L): tokens inside the response, not a field label, not a line
   break;
+* :func:`window_validity` {n: (B, W_n)}: windows whose every token is such a token;
 * :func:`text_eligibility` {n: (B, W_n)}: from the decoded, normalised text, windows with at
   least ``min_ngram_chars`` letters / digits, at least one of them outside a function word
   (lexicons/stopwords.yaml), and not touching an n-gram copied from the prompt's own query,
@@ -13,7 +18,7 @@ texts concatenated.
   than "free shipping" alone.
 
 Everything works on the whole batch at once: the texts are concatenated and read as code points
-(:class:`CharArrays`' flat views, from reward_fns.text.normalize_batch: a long response does not
+(:class:`reward_fns.text.CharArrays`' flat views, from its normalize_batch: a long response does not
 widen every row), with per-code-point tables instead of per-character Python; per-window
 quantities come from prefix sums read at each token's trimmed start / end; function words are
 found by array code and looked up packed into integers (:func:`_ascii_words`). No Python code
@@ -25,28 +30,61 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from relate_common.ad_format import ParsedAd
+from relate_common.records import AdRecord
 
 from reward_fns.config import DiversityConfig
-from reward_fns.prompt_copies import copied_chars
+from reward_fns import prompt_copies
 from reward_fns.text import (
     CP_LIMIT,
-    char_table,
+    CharArrays,
     code_points,
+    flat_cumsum,
     label_spans,
     label_spans_batch,
     mark_spans,
-    normalize_batch,
     normalize_chars,
 )
 
 LEXICON_DIR = Path(__file__).parent / "lexicons"
+
+
+@dataclass
+class Eligibility:
+    """Step 2's masks. valid: (B, L) bool tokens that may be part of an n-gram; oks: {n: (B, W_n)
+    bool} windows of valid tokens; eligible: {n: (B, W_n) bool} windows the text lets count."""
+
+    valid: np.ndarray
+    oks: dict[int, np.ndarray]
+    eligible: dict[int, np.ndarray]
+
+
+def eligibility_masks(
+    chars: CharArrays,
+    responses: Sequence[str],
+    offsets: np.ndarray,
+    mask: np.ndarray,
+    parsed: Sequence[ParsedAd] | None,
+    prompts: Sequence[AdRecord | Mapping[str, object]] | None,
+    cfg: DiversityConfig,
+) -> Eligibility:
+    """:func:`content_token_mask`, :func:`window_validity` and :func:`text_eligibility` of a batch.
+
+    chars: ``CharArrays.build(responses, offsets)``; offsets: (B, L, 2); mask: (B, L) tokens
+    inside each response; parsed: ``parse_ad`` of each response or None (labels found
+    batch-wise); prompts: (B,) records or mappings whose fields may be copied (None: no copy
+    filter), normalised together by :func:`reward_fns.prompt_copies.prompt_texts`.
+    """
+    valid = content_token_mask(responses, parsed, offsets, mask, chars)
+    oks = window_validity(valid, cfg.n_min, cfg.n_max)
+    ptexts = prompt_copies.prompt_texts(prompts) if prompts is not None else None
+    return Eligibility(valid, oks, text_eligibility(responses, offsets, oks, ptexts, cfg, chars))
 
 
 @lru_cache(maxsize=4)
@@ -92,14 +130,6 @@ _ASCII_WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _ASCII_WORD_SPLIT = re.compile(f"({_ASCII_WORD_RE.pattern})")  # split() keeps the words
 
 
-def _flat_cumsum(x: np.ndarray) -> np.ndarray:
-    """(N,) -> (N + 1,) int32 prefix sums starting at 0."""
-    out = np.zeros(len(x) + 1, dtype=np.int32)
-    np.cumsum(x, dtype=np.int32, out=out[1:])
-    return out
-
-
-# Character classes of _ASCII_WORD_RE: 1 a-z, 2 0-9, 3 the apostrophe, 0 anything else.
 _WORD_CLASS = np.zeros(128, dtype=np.uint8)
 _WORD_CLASS[ord("a") : ord("z") + 1] = 1
 _WORD_CLASS[ord("0") : ord("9") + 1] = 2
@@ -211,7 +241,7 @@ def _stopword_len(path: str) -> int:
     return max((len(w) for w in en if w and all(ord(c) < 128 and _PACK_SYMBOL[ord(c)] for c in w)), default=0)
 
 
-def _content_flat(chars: "CharArrays", stopwords: str | None) -> np.ndarray:
+def _content_flat(chars: CharArrays, stopwords: str | None) -> np.ndarray:
     """(N,) bool over the flat characters: letters / digits that are not inside a function word.
 
     English function words are whole ASCII words (``_ASCII_WORD_RE``) looked up in a set;
@@ -258,94 +288,9 @@ def _content_flat(chars: "CharArrays", stopwords: str | None) -> np.ndarray:
     return alnum & ~stop
 
 
-def _content_chars(chars: "CharArrays", stopwords: str | None) -> np.ndarray:
+def _content_chars(chars: CharArrays, stopwords: str | None) -> np.ndarray:
     """(B, width) bool: :func:`_content_flat` laid out per response."""
     return chars.to_rows(_content_flat(chars, stopwords))
-
-
-@dataclass
-class CharArrays:
-    """Character-level views of a batch of responses, computed once per batch.
-
-    texts: normalised responses; nonspace / alnum: (B, width) bool; tok_start / tok_end: (B, L)
-    each token's span with outer whitespace trimmed (end <= start for whitespace-only tokens).
-
-    The batch code works on the flat views (the texts concatenated, N characters, so that one
-    long response does not make every row long): bounds (B + 1,) (text b is
-    ``[bounds[b], bounds[b + 1])``), codes / norm_codes (N,) uint32 code points of the original /
-    normalised texts, rows (N,) the text of each character, flat_nonspace / flat_alnum (N,)
-    bool. ``nonspace`` and ``alnum`` are laid out per response only when read.
-    """
-
-    texts: list[str]
-    width: int
-    nonspace: np.ndarray | None = None
-    alnum: np.ndarray | None = None
-    tok_start: np.ndarray | None = None
-    tok_end: np.ndarray | None = None
-    bounds: np.ndarray | None = None
-    codes: np.ndarray | None = None
-    norm_codes: np.ndarray | None = None
-    rows: np.ndarray | None = None
-    flat_nonspace: np.ndarray | None = None
-    flat_alnum: np.ndarray | None = None
-
-    @classmethod
-    def build(cls, responses: Sequence[str], offsets: np.ndarray) -> "CharArrays":
-        nb = normalize_batch(responses)
-        B = len(responses)
-        lens = np.diff(nb.bounds)
-        width = int(lens.max(initial=0)) + 1
-        table = char_table()
-        table.ensure(nb.norm_codes)
-        out = cls(nb.texts, width, bounds=nb.bounds, codes=nb.codes, norm_codes=nb.norm_codes,
-                  rows=np.repeat(np.arange(B, dtype=np.int64), lens),
-                  flat_nonspace=table.nonspace.take(nb.norm_codes), flat_alnum=table.alnum.take(nb.norm_codes))
-        out.tok_start, out.tok_end, *flat = _trimmed_token_spans_flat(out, np.asarray(offsets, dtype=np.int64))
-        out.__dict__["_flat_tokens"] = tuple(flat)
-        return out
-
-    def to_rows(self, flat: np.ndarray) -> np.ndarray:
-        """(N,) per-character values -> (B, width), zero past each text."""
-        B = len(self.texts)
-        lens = np.diff(self.bounds)
-        out = np.zeros(B * self.width, dtype=flat.dtype)
-        out[np.arange(len(flat), dtype=np.int64) + self.rows * self.width - np.repeat(self.bounds[:-1], lens)] = flat
-        return out.reshape(B, self.width)
-
-    def flat_index(self, pos: np.ndarray) -> np.ndarray:
-        """(B, L) positions (>= 0) in each text -> indices into (N + 1,) flat prefix sums: past
-        a text's end (where a row of width ``width`` holds nothing) reads as its end."""
-        out = np.minimum(pos, np.diff(self.bounds)[:, None])
-        out += self.bounds[:-1][:, None]
-        return out
-
-    def flat_tokens(self) -> tuple[np.ndarray, np.ndarray]:
-        """(``flat_index(tok_start)``, ``flat_index(tok_end)``), computed once (the content mask,
-        the eligibility and the copy scan all read them)."""
-        got = self.__dict__.get("_flat_tokens")
-        if got is None:
-            got = self.__dict__["_flat_tokens"] = (self.flat_index(self.tok_start), self.flat_index(self.tok_end))
-        return got
-
-
-def _cached_rows(name: str, flat_name: str):
-    key = "_" + name
-
-    def get(self: CharArrays) -> np.ndarray | None:
-        value = self.__dict__.get(key)
-        if value is None and getattr(self, flat_name) is not None:
-            value = self.__dict__[key] = self.to_rows(getattr(self, flat_name))
-        return value
-
-    def set_(self: CharArrays, value: np.ndarray | None) -> None:
-        self.__dict__[key] = value
-
-    return property(get, set_)
-
-
-CharArrays.nonspace = _cached_rows("nonspace", "flat_nonspace")  # type: ignore[assignment]
-CharArrays.alnum = _cached_rows("alnum", "flat_alnum")  # type: ignore[assignment]
 
 
 def _as_flat(chars: CharArrays | None, responses: Sequence[str], offsets: np.ndarray) -> CharArrays:
@@ -382,7 +327,7 @@ def content_token_mask(
     noncontent = mark_spans(N, base + a_lab, base + e_lab)
     codes = chars.codes
     noncontent |= (codes == 10) | (codes == 13)  # line breaks (\r, \n) of the original text
-    cum = _flat_cumsum(noncontent)
+    cum = flat_cumsum(noncontent)
     s_tok, e_tok = chars.tok_start, chars.tok_end
     raw_s = np.maximum(offsets[..., 0], 0)
     np.minimum(raw_s, width - 1, out=raw_s)
@@ -405,46 +350,19 @@ def content_token_mask(
     return ok
 
 
-def _trimmed_token_spans_flat(
-    chars: CharArrays, offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per token, its span with leading / trailing whitespace removed: (start (B, L), end (B, L)),
-    and the same as flat positions (``chars.flat_index`` of both: see :meth:`CharArrays.flat_tokens`).
-
-    start: the next non-space character at or after the token's start in its text (``width``
-    if none); end: one past the last non-space character before its end (0 if none); so a
-    whitespace-only token gets end <= start. Offsets are clipped to [0, width - 1] / [0, width]
-    as for a (B, width) layout; past a text's end (where such a row holds nothing) they read as
-    its end. Running minima / maxima over the flat characters, one gather per token.
-    """
-    width = chars.width
-    N = len(chars.flat_nonspace)
-    lens = np.diff(chars.bounds)[:, None]
-    base = chars.bounds[:-1][:, None]
-    end = chars.bounds[1:][:, None]
-    # int32 positions where they fit: half the memory traffic of the running minima / maxima
-    small = np.int32 if N < 2**31 - 1 else np.int64
-    nonspace = chars.flat_nonspace
-    nxt = np.empty(N + 1, dtype=small)  # next non-space at or after f (N: none); nxt[f] >= f
-    nxt[N] = N
-    np.copyto(nxt[:N], np.arange(N, dtype=small))
-    nxt[:N][~nonspace] = N
-    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
-    prv = np.zeros(N + 1, dtype=small)  # (last non-space before f) + 1 (0: none)
-    np.maximum.accumulate(np.arange(1, N + 1, dtype=small) * nonspace, out=prv[1:])
-    f = np.maximum(offsets[..., 0], 0)
-    np.minimum(f, lens, out=f)
-    f += base
-    fs = nxt.take(f).astype(np.int64)  # >= the token's start, so >= its text's start
-    s = fs - base
-    s[fs >= end] = width  # past the text's end: none in this text
-    np.minimum(fs, end, out=fs)
-    f = np.maximum(offsets[..., 1], 0)
-    np.minimum(f, lens, out=f)
-    f += base
-    fe = prv.take(f).astype(np.int64)  # <= the token's end, so <= its text's end
-    np.maximum(fe, base, out=fe)
-    return s, fe - base, fs, fe
+def window_validity(valid: np.ndarray, n_min: int, n_max: int) -> dict[int, np.ndarray]:
+    """{n: ok (B, W_n) bool}: every token of the window valid; the ``oks`` of
+    :func:`reward_fns.ngram_stats.ngram_keys` without hashing anything. valid: (B, L) bool; n > L gives (B, 0) arrays."""
+    v = np.asarray(valid, dtype=bool)
+    B, L = v.shape
+    oks: dict[int, np.ndarray] = {}
+    ok = v.copy()
+    for n in range(1, n_max + 1):
+        if n > 1:
+            ok = ok[:, :-1] & v[:, n - 1 :] if n <= L else np.zeros((B, 0), dtype=bool)
+        if n >= n_min:
+            oks[n] = ok
+    return oks
 
 
 def text_eligibility(
@@ -459,8 +377,8 @@ def text_eligibility(
     them outside a function word, and not copied from the prompt.
 
     responses: the decoded texts; offsets: (B, L, 2) character spans of the tokens; oks: the
-    window validity from :func:`reward_fns.ngram_stats.ngram_keys`; prompt_texts: per response,
-    the prompt's fields joined (see :func:`prompt_text`), or None to skip the copy filter.
+    window validity from :func:`window_validity`; prompt_texts: per response, the prompt's fields
+    joined (:func:`reward_fns.prompt_copies.prompt_text`), or None to skip the copy filter.
 
     The copy test is on normalised text: a window is a copy when its characters, trimmed of
     outer spaces, occur in the prompt text. Copies that would count as n-grams (enough letters,
@@ -478,8 +396,8 @@ def text_eligibility(
     chars = _as_flat(chars, responses, offsets)
     fs, fe = chars.flat_tokens()
     ns = sorted(oks)
-    alnum_cum = _flat_cumsum(chars.flat_alnum)
-    content_cum = _flat_cumsum(_content_flat(chars, cfg.stopwords))
+    alnum_cum = flat_cumsum(chars.flat_alnum)
+    content_cum = flat_cumsum(_content_flat(chars, cfg.stopwords))
     a_s, a_e = alnum_cum.take(fs), alnum_cum.take(fe)
     c_s, c_e = content_cum.take(fs), content_cum.take(fe)
     k = int(cfg.min_ngram_chars) if float(cfg.min_ngram_chars).is_integer() else math.ceil(cfg.min_ngram_chars)
@@ -495,7 +413,7 @@ def text_eligibility(
             o &= a_e[:, n - 1 : n - 1 + W] >= need[:, :W]
         out[n] = o
     if cfg.exclude_prompt_copies and prompt_texts is not None and ns:
-        copied_cum = _flat_cumsum(copied_chars(chars, oks, out, prompt_texts, ns, fs, fe))
+        copied_cum = flat_cumsum(prompt_copies.copied_chars(chars, oks, out, prompt_texts, ns, fs, fe))
         # Exclude every window that touches a copied n-gram, not only the copies themselves:
         # "，全国包邮" or "shipping today" around a copied "全国包邮" / "free shipping" would
         # otherwise carry the prompt's words into G_high through their neighbours.
@@ -505,12 +423,3 @@ def text_eligibility(
             if W:
                 out[n] &= p_e[:, n - 1 : n - 1 + W] <= p_s[:, :W]
     return out
-
-
-def prompt_text(query: str, bidword: str, selling_points: Sequence[str]) -> str:
-    """The prompt fields an n-gram may be copied from, normalised, joined by NUL.
-
-    NUL never occurs in a normalised response (control characters normalise to spaces), so a
-    window can never match across two fields.
-    """
-    return "\x00".join(normalize_chars(x) for x in (query, bidword, *selling_points))

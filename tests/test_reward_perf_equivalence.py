@@ -38,7 +38,7 @@ from reward_fns.attribution import (
     token_mask_to_spans,
     token_penalty,
 )
-from reward_fns.compose import BatchCredit, _prompt_fields, _prompt_texts, batch_credit
+from reward_fns.compose import BatchCredit, batch_credit
 from reward_fns.config import DiversityConfig, RiskConfig, preset, resolve_config
 from reward_fns.ngram_stats import (
     WindowKeys,
@@ -51,21 +51,20 @@ from reward_fns.ngram_stats import (
     ngram_keys,
     statistics_from_keys,
     token_indicator,
-    window_validity,
 )
 from reward_fns.prompt_copies import _copied_chars_loop, _match_lengths
+from reward_fns.prompt_copies import prompt_fields as _prompt_fields
+from reward_fns.prompt_copies import prompt_texts as _prompt_texts
 import reward_fns.risk as risk_mod
+from reward_fns.literals import literal_presence, required_clauses, required_literals, texts_containing
 from reward_fns.risk import (
     Lexicon,
     _Category,
-    literal_presence,
     load_lexicon,
-    required_clauses,
-    required_literals,
-    texts_containing,
 )
 from reward_fns.text import (
     CP_LIMIT,
+    CharArrays,
     KeyTable,
     _norm_char,
     char_table,
@@ -76,12 +75,12 @@ from reward_fns.text import (
     normalize_chars,
 )
 from reward_fns.text_filters import (
-    CharArrays,
     _ascii_words,
     _content_chars,
     _stopwords,
     content_token_mask,
     text_eligibility,
+    window_validity,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
