@@ -338,10 +338,6 @@ class EncodedRows:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
-    def subset(self, rows: np.ndarray) -> "EncodedRows":
-        """The rows ``rows`` (int index array), sharing the embedding table."""
-        return EncodedRows(self.emb, self.index[rows], self.extra[rows])
-
 
 def slot_texts(items: Sequence[Mapping[str, Any]], cfg: FeatureConfig) -> list[list[str]]:
     """Per item, the text of each slot: (N, S) nested list of strings."""

@@ -469,10 +469,6 @@ class UserModel:
 
     # -- features ---------------------------------------------------------------------------
 
-    def count_cta(self, text: str) -> int:
-        """Calls to action in raw text (normalised here)."""
-        return len(self._cta.findall(normalize_text(text)))
-
     def count_exaggerations(self, text: str) -> int:
         """Absolute / exaggerated claims in raw text (normalised here)."""
         return len(self._exaggeration.findall(normalize_text(text)))
