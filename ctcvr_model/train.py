@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ctcvr_model.checkpoint import METRICS_FILE, SavedModel, save_model, write_json
 from ctcvr_model.data import LabelledRows, aggregate_rows, encode_table, predict_rows
+from ctcvr_model.device import default_device
 from ctcvr_model.encoders import DEFAULT_ENCODER, load_encoder, maybe_cached
 from ctcvr_model.features import (
     FEATURE_PRESETS,
@@ -40,7 +41,7 @@ from ctcvr_model.features import (
 )
 from ctcvr_model.losses import esmm_loss, logreg_loss, naive_loss
 from ctcvr_model.metrics import finite_or_none, weighted_auc, weighted_logloss
-from ctcvr_model.model import MODEL_NAMES, CTCVRNet, ModelConfig, default_device
+from ctcvr_model.model import MODEL_NAMES, CTCVRNet, ModelConfig
 from ctcvr_model.schema import CTCVRError, read_table
 
 
