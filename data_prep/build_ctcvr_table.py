@@ -19,65 +19,25 @@ two splits and held-out figures measure generalisation to unseen queries.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tqdm import tqdm
-
-from data_prep.common import assign_split, fail, handle_invalid, write_parquet
-from relate_common.jsonio import write_json, write_jsonl
+from data_prep.common import assign_split, fail, write_parquet
 from data_prep.config import CTCVRTableConfig
+from data_prep.impression_log import ImpressionLog, labelled_rows
+from relate_common.jsonio import write_json, write_jsonl
 from relate_common.lang import detect_language, normalize_language
-from relate_common.records import RecordError, is_missing, read_rows, selling_points_field, text_field
+from relate_common.records import RecordError, is_missing, selling_points_field, text_field
 
 TEXT_FIELDS = ("query", "bidword", "title", "description")
 TRUTH_FIELDS = ("truth_p_click", "truth_p_cvr", "truth_p_ctcvr")
 SPLITS = ("train", "val", "test")
 OUTPUT_COLUMNS = ("record_id", "query", "bidword", "selling_points", "title", "description", "industry",
                   "language", "click", "conversion", "weight", "split")
-
-
-def _count(raw: dict[str, Any], name: str, source: str, row: int) -> int:
-    """A non-negative integer count (accepts 3, 3.0, "3"); RecordError naming the field otherwise."""
-    value = raw.get(name)
-    if is_missing(value) or (isinstance(value, str) and not value.strip()):
-        raise RecordError(source, row, name, "missing required field")
-    if isinstance(value, bool):
-        value = int(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RecordError(source, row, name, f"expected an integer, got {value!r}") from None
-    if not math.isfinite(number) or not number.is_integer():
-        raise RecordError(source, row, name, f"expected an integer, got {value!r}")
-    if number < 0:
-        raise RecordError(source, row, name, f"negative count {int(number)}")
-    return int(number)
-
-
-def _flag(raw: dict[str, Any], name: str, source: str, row: int) -> int:
-    value = _count(raw, name, source, row)
-    if value > 1:
-        raise RecordError(source, row, name, f"expected 0 or 1, got {value}")
-    return value
-
-
-def detect_shape(columns: set[str]) -> str:
-    """'impression' or 'aggregated' from the label columns present."""
-    if {"click", "conversion"} <= columns:
-        return "impression"
-    if {"impressions", "clicks", "conversions"} <= columns:
-        return "aggregated"
-    raise ValueError(
-        "cannot tell the log shape: need columns click+conversion (one row per impression) "
-        "or impressions+clicks+conversions (aggregated counts)"
-    )
 
 
 def ad_fields(raw: dict[str, Any], source: str, row: int, separator: str) -> dict[str, Any]:
@@ -111,28 +71,6 @@ def truth_fields(raw: dict[str, Any], source: str, row: int) -> dict[str, float]
     if "truth_p_ctcvr" not in truth and {"truth_p_click", "truth_p_cvr"} <= truth.keys():
         truth["truth_p_ctcvr"] = truth["truth_p_click"] * truth["truth_p_cvr"]
     return truth
-
-
-def labelled_rows(raw: dict[str, Any], shape: str, mode: str, source: str, row: int) -> list[tuple[int, int, float]]:
-    """(click, conversion, weight) rows for one input row; validates the label logic."""
-    if shape == "impression":
-        click, conversion = _flag(raw, "click", source, row), _flag(raw, "conversion", source, row)
-        if conversion and not click:
-            raise RecordError(source, row, "conversion", "conversion without click")
-        return [(click, conversion, 1.0)]
-    impressions = _count(raw, "impressions", source, row)
-    clicks = _count(raw, "clicks", source, row)
-    conversions = _count(raw, "conversions", source, row)
-    if impressions == 0:
-        raise RecordError(source, row, "impressions", "zero impressions")
-    if clicks > impressions:
-        raise RecordError(source, row, "clicks", f"clicks ({clicks}) > impressions ({impressions})")
-    if conversions > clicks:
-        raise RecordError(source, row, "conversions", f"conversions ({conversions}) > clicks ({clicks}): conversion without click")
-    groups = [(1, 1, conversions), (1, 0, clicks - conversions), (0, 0, impressions - clicks)]
-    if mode == "expand":
-        return [(c, v, 1.0) for c, v, n in groups for _ in range(n)]
-    return [(c, v, float(n)) for c, v, n in groups if n > 0]
 
 
 def normalised_query(query: str) -> str:
@@ -185,35 +123,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     rejected: list[dict[str, Any]] = []
     split_of_query: dict[str, str] = {}
-    shape = None
-    rows_read = 0
     has_truth = False
-    try:
-        for row_no, raw in tqdm(read_rows(args.logs), desc="log rows", unit="row", disable=None, mininterval=1.0):
-            rows_read += 1
-            try:
-                if isinstance(raw, RecordError):
-                    raise raw
-                if shape is None:
-                    try:
-                        shape = detect_shape(set(raw))
-                    except ValueError as e:
-                        fail(f"{source}: {e}; columns found: {', '.join(sorted(raw))}")
-                ad = ad_fields(raw, source, row_no, args.sp_separator)
-                labels = labelled_rows(raw, shape, args.aggregated_mode, source, row_no)
-                truth = truth_fields(raw, source, row_no)
-            except RecordError as err:
-                handle_invalid(err, args.skip_invalid, rejected, raw)
-                continue
-            has_truth = has_truth or bool(truth)
-            key = normalised_query(ad["query"])
-            split = split_of_query.get(key) or split_of_query.setdefault(key, assign_split(key, args.seed, fractions))
-            for click, conversion, weight in labels:
-                by_split[split].append({**ad, "click": click, "conversion": conversion, "weight": weight, "split": split, **truth})
-    except RecordError as err:
-        fail(str(err))
-    if shape is None:
-        fail(f"{source}: no rows")
+
+    def parse(raw: dict[str, Any], row_no: int, shape: str) -> tuple[dict[str, Any], list[tuple[int, int, float]], dict[str, float]]:
+        ad = ad_fields(raw, source, row_no, args.sp_separator)
+        return ad, labelled_rows(raw, shape, args.aggregated_mode, source, row_no), truth_fields(raw, source, row_no)
+
+    log = ImpressionLog(args.logs, args.skip_invalid, rejected)
+    for _, (ad, labels, truth) in log.rows(parse):
+        has_truth = has_truth or bool(truth)
+        key = normalised_query(ad["query"])
+        split = split_of_query.get(key) or split_of_query.setdefault(key, assign_split(key, args.seed, fractions))
+        for click, conversion, weight in labels:
+            by_split[split].append({**ad, "click": click, "conversion": conversion, "weight": weight, "split": split, **truth})
+    shape, rows_read = log.shape, log.rows_read
 
     out = args.output_dir
     columns = OUTPUT_COLUMNS + (TRUTH_FIELDS if has_truth else ())

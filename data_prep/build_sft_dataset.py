@@ -33,15 +33,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tqdm import tqdm
-
-from data_prep.build_ctcvr_table import detect_shape, labelled_rows
 from data_prep.common import assign_split, fail, handle_invalid, write_parquet
 from data_prep.config import SAMPLE_RECORDS, DatasetConfig, SFTDatasetConfig
+from data_prep.impression_log import ImpressionLog, labelled_rows
 from data_prep.prompts import PROMPT_STYLES, build_messages, prompt_version
 from relate_common.ad_format import render_ad
 from relate_common.jsonio import write_json, write_jsonl
-from relate_common.records import AdRecord, RecordError, load_records, read_rows, text_field
+from relate_common.records import AdRecord, RecordError, load_records, text_field
 
 SPLITS = ("train", "val")
 
@@ -94,39 +92,24 @@ def read_logged_ads(path: Path, known_ids: set[str], skip_invalid: bool, rejecte
     """
     source = str(path)
     ads: dict[tuple[str, str, str], LoggedAd] = {}
-    shape = None
-    rows_read = 0
-    try:
-        for row_no, raw in tqdm(read_rows(path), desc="log rows", unit="row", disable=None, mininterval=1.0):
-            rows_read += 1
-            try:
-                if isinstance(raw, RecordError):
-                    raise raw
-                if shape is None:
-                    try:
-                        shape = detect_shape(set(raw))
-                    except ValueError as e:
-                        fail(f"{source}: {e}; columns found: {', '.join(sorted(raw))}")
-                rid = text_field(raw, "record_id", source, row_no, required=True)
-                if rid not in known_ids:
-                    raise RecordError(source, row_no, "record_id", f"no record with id '{rid}' in the records file")
-                title = text_field(raw, "title", source, row_no, required=True)
-                description = text_field(raw, "description", source, row_no, required=True)
-                labels = labelled_rows(raw, shape, "weight", source, row_no)
-            except RecordError as err:
-                handle_invalid(err, skip_invalid, rejected, raw)
-                continue
-            ad = ads.setdefault((rid, title, description), LoggedAd(rid, title, description))
-            ad.variant = ad.variant or str(raw.get("variant") or "")
-            for click, conversion, weight in labels:
-                ad.impressions += weight
-                ad.clicks += weight * click
-                ad.conversions += weight * conversion
-    except RecordError as err:  # unreadable file type
-        fail(str(err))
-    if shape is None:
-        fail(f"{source}: no rows")
-    return list(ads.values()), rows_read
+
+    def parse(raw: dict[str, Any], row_no: int, shape: str) -> tuple[str, str, str, list[tuple[int, int, float]]]:
+        rid = text_field(raw, "record_id", source, row_no, required=True)
+        if rid not in known_ids:
+            raise RecordError(source, row_no, "record_id", f"no record with id '{rid}' in the records file")
+        title = text_field(raw, "title", source, row_no, required=True)
+        description = text_field(raw, "description", source, row_no, required=True)
+        return rid, title, description, labelled_rows(raw, shape, "weight", source, row_no)
+
+    log = ImpressionLog(path, skip_invalid, rejected)
+    for raw, (rid, title, description, labels) in log.rows(parse):
+        ad = ads.setdefault((rid, title, description), LoggedAd(rid, title, description))
+        ad.variant = ad.variant or str(raw.get("variant") or "")
+        for click, conversion, weight in labels:
+            ad.impressions += weight
+            ad.clicks += weight * click
+            ad.conversions += weight * conversion
+    return list(ads.values()), log.rows_read
 
 
 def answers_for(record: AdRecord, chosen: dict[str, list[tuple[LoggedAd, float]]], config: SFTDatasetConfig) -> tuple[list[tuple[LoggedAd, float | None]], str]:
