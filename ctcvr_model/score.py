@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ctcvr_model.features import check_item
 from ctcvr_model.scorer import CTCVRScorer
 from ctcvr_model.schema import CTCVRError, ItemError
+from relate_common.jsonio import json_lines
 
 
 def read_items(path: str | Path) -> list[dict[str, Any]]:
@@ -31,13 +32,9 @@ def read_items(path: str | Path) -> list[dict[str, Any]]:
         raise ItemError(0, None, "no such file", source=str(path))
     items = []
     with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ItemError(line_no, None, f"not valid JSON ({e.msg} at column {e.colno})", source=str(path)) from None
+        for line_no, obj in json_lines(f):
+            if isinstance(obj, json.JSONDecodeError):
+                raise ItemError(line_no, None, f"not valid JSON ({obj.msg} at column {obj.colno})", source=str(path))
             check_item(obj, line_no, source=str(path))
             items.append(obj)
     return items
