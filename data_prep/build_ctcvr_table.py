@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,52 +113,74 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    if not (0 <= args.val_fraction and 0 <= args.test_fraction and args.val_fraction + args.test_fraction < 1):
-        build_parser().error("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
-    if not args.logs.exists():
-        fail(f"{args.logs}: no such file")
-    source = str(args.logs)
-    fractions = {"val": args.val_fraction, "test": args.test_fraction}
+@dataclass(frozen=True)
+class CTCVRTableRun:
+    """The settings of one ``build_ctcvr_table`` run (the CLI's flags, typed)."""
+
+    logs: Path  # impression log: .parquet, .jsonl or .csv
+    output_dir: Path  # where train/val/test.parquet and summary.json go
+    table: CTCVRTableConfig = field(default_factory=CTCVRTableConfig)  # split fractions, seed, modes
+    skip_invalid: bool = False  # rejected rows to OUTPUT_DIR/rejected.jsonl instead of exit 2
+
+
+def run(config: CTCVRTableRun) -> dict[str, Any]:
+    """Build the tables of ``config``, print the report and return the summary (also summary.json).
+
+    Exits 2 (SystemExit) on invalid input, naming file, row and field.
+    """
+    cfg = config.table
+    if not config.logs.exists():
+        fail(f"{config.logs}: no such file")
+    source = str(config.logs)
+    fractions = {"val": cfg.val_fraction, "test": cfg.test_fraction}
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     rejected: list[dict[str, Any]] = []
     split_of_query: dict[str, str] = {}
     has_truth = False
 
     def parse(raw: dict[str, Any], row_no: int, shape: str) -> tuple[dict[str, Any], list[tuple[int, int, float]], dict[str, float]]:
-        ad = ad_fields(raw, source, row_no, args.sp_separator)
-        return ad, labelled_rows(raw, shape, args.aggregated_mode, source, row_no), truth_fields(raw, source, row_no)
+        ad = ad_fields(raw, source, row_no, cfg.selling_point_separator)
+        return ad, labelled_rows(raw, shape, cfg.aggregated_mode, source, row_no), truth_fields(raw, source, row_no)
 
-    log = ImpressionLog(args.logs, args.skip_invalid, rejected)
+    log = ImpressionLog(config.logs, config.skip_invalid, rejected)
     for _, (ad, labels, truth) in log.rows(parse):
         has_truth = has_truth or bool(truth)
         key = normalised_query(ad["query"])
-        split = split_of_query.get(key) or split_of_query.setdefault(key, assign_split(key, args.seed, fractions))
+        split = split_of_query.get(key) or split_of_query.setdefault(key, assign_split(key, cfg.seed, fractions))
         for click, conversion, weight in labels:
             by_split[split].append({**ad, "click": click, "conversion": conversion, "weight": weight, "split": split, **truth})
     shape, rows_read = log.shape, log.rows_read
 
-    out = args.output_dir
+    out = config.output_dir
     columns = OUTPUT_COLUMNS + (TRUTH_FIELDS if has_truth else ())
     for split, rows in by_split.items():
         # A row lacking a truth column another row has gets NaN, never a silent 0.
         write_parquet([{c: r.get(c, float("nan")) for c in columns} for r in rows], out / f"{split}.parquet")
-    if args.skip_invalid:
+    if config.skip_invalid:
         write_jsonl(rejected, out / "rejected.jsonl")
     stats = {split: split_summary(rows) for split, rows in by_split.items()}
     summary = {"logs": source, "shape": shape, "rows_read": rows_read, "rejected": len(rejected),
                "splits": stats, "outputs": {s: str(out / f"{s}.parquet") for s in SPLITS}}
     write_json(summary, out / "summary.json")
 
-    print(f"build_ctcvr_table: {source} ({shape} rows{', ' + args.aggregated_mode if shape == 'aggregated' else ''})")
-    print(f"  rows read {rows_read}, rejected {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if args.skip_invalid else ""))
+    print(f"build_ctcvr_table: {source} ({shape} rows{', ' + cfg.aggregated_mode if shape == 'aggregated' else ''})")
+    print(f"  rows read {rows_read}, rejected {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if config.skip_invalid else ""))
     print(f"  {'split':<6} {'rows':>8} {'queries':>8} {'impressions':>12} {'CTR':>8} {'CVR':>8} {'CTCVR':>8}")
     for split, s in stats.items():
         print(f"  {split:<6} {s['rows']:>8} {s['queries']:>8} {s['impressions']:>12.0f} {s['ctr']:>8.2%} {s['cvr']:>8.2%} {s['ctcvr']:>8.3%}")
     print(f"  outputs {out}/{{train,val,test}}.parquet")
     return summary
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI: parse and check the flags, then :func:`run`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (0 <= args.val_fraction and 0 <= args.test_fraction and args.val_fraction + args.test_fraction < 1):
+        parser.error("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
+    table = CTCVRTableConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                             aggregated_mode=args.aggregated_mode, selling_point_separator=args.sp_separator)
+    return run(CTCVRTableRun(logs=args.logs, output_dir=args.output_dir, table=table, skip_invalid=args.skip_invalid))
 
 if __name__ == "__main__":
     main()

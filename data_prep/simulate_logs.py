@@ -524,37 +524,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class SimulationRun:
+    """The settings of one ``simulate_logs`` run (the CLI's flags, typed)."""
+
+    output: Path  # parquet file to write the impression log to
+    records: Path = DEFAULT_RECORDS  # ad records (JSONL, CSV or parquet)
+    impressions: int = DEFAULT_IMPRESSIONS
+    seed: int = 0  # the same seed gives an identical file
+    popularity_skew: float = DEFAULT_POPULARITY_SKEW  # Zipf exponent of record popularity, 0 = uniform
+    aggregate: bool = False  # one row per shown ad with counts instead of one row per impression
+    progress: bool = True  # tqdm bar on stderr
+
+
+def run(config: SimulationRun) -> int:
+    """Simulate and write the log of ``config``, print the summary; returns the exit code (0 ok, 2 invalid input)."""
+    started = time.perf_counter()
+    try:
+        if not config.records.is_file():
+            raise RecordError(str(config.records), 0, None, "records file not found")
+        records, _ = load_records(config.records)
+        if not records:
+            raise RecordError(str(config.records), 0, None, "no records in file")
+    except RecordError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    table = simulate(
+        records, config.impressions, config.seed, model=UserModel(UserModelConfig()),
+        popularity_skew=config.popularity_skew, progress=config.progress, aggregate=config.aggregate,
+    )
+    write_parquet(table, config.output)
+    elapsed = time.perf_counter() - started
+    print(summarize(table))
+    print(f"\nrecords: {len(records)} ({config.records})")
+    print(f"output:  {config.output}")
+    print(f"wall time: {elapsed:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (0 ok, 2 invalid input)."""
+    """CLI entry point: parse and check the flags, then :func:`run`; returns the exit code (0 ok, 2 invalid input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.impressions < 1:
         parser.error("--impressions must be at least 1")
     if args.popularity_skew < 0:
         parser.error("--popularity-skew must be >= 0")
-    started = time.perf_counter()
-    try:
-        if not args.records.is_file():
-            raise RecordError(str(args.records), 0, None, "records file not found")
-        records, _ = load_records(args.records)
-        if not records:
-            raise RecordError(str(args.records), 0, None, "no records in file")
-    except RecordError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    table = simulate(
-        records, args.impressions, args.seed, model=UserModel(UserModelConfig()),
-        popularity_skew=args.popularity_skew, progress=not args.no_progress, aggregate=args.aggregate,
-    )
-    write_parquet(table, args.output)
-    elapsed = time.perf_counter() - started
-    print(summarize(table))
-    print(f"\nrecords: {len(records)} ({args.records})")
-    print(f"output:  {args.output}")
-    print(f"wall time: {elapsed:.1f} s")
-    return 0
-
+    return run(SimulationRun(output=args.output, records=args.records, impressions=args.impressions, seed=args.seed,
+                             popularity_skew=args.popularity_skew, aggregate=args.aggregate, progress=not args.no_progress))
 
 if __name__ == "__main__":
     sys.exit(main())
