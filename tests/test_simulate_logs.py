@@ -17,15 +17,8 @@ from hypothesis import strategies as st
 
 from data_prep import simulate_logs
 from data_prep.simulate_logs import OUTPUT_SCHEMA, VARIANT_NAMES, main, make_variants, reference_ad, simulate
-from data_prep.user_model import (
-    _CJK_RUN,
-    DEFAULT_BASE_CTR,
-    FatigueState,
-    UserModel,
-    content_tokens,
-    normalize_text,
-    phrasing_keys,
-)
+from data_prep.user_model import DEFAULT_BASE_CTR, FatigueState, UserModel
+from data_prep.user_text import _CJK_RUN, content_tokens, normalize_text, phrasing_keys
 from relate_common.lang import is_cjk
 from relate_common.records import parse_record
 
