@@ -1,9 +1,10 @@
 """ESMM CTR/CTCVR model over frozen sentence embeddings: train, evaluate, save/load, score.
 
-Modules (one job each): encoders (frozen text encoders + disk cache), schema (table schema and
-errors), features (slot texts -> feature vectors), model (ESMM and baselines), losses, metrics,
-data (aggregation, encoding, batched prediction), checkpoint (model directory I/O), scorer (batch
-and asyncio scoring API), and the commands train, evaluate, score.
+Modules (one job each): device (the default torch device), encoders (frozen text encoders + disk
+cache), schema (table schema and errors), features (slot texts -> feature vectors), lexical
+(term-overlap and length features), model (ESMM and baselines), losses, metrics, data
+(aggregation, encoding, batched prediction), checkpoint (model directory I/O), scorer (batch and
+asyncio scoring API), cli (what the commands share), and the commands train, evaluate, score.
 
 The names below are imported lazily, so ``import ctcvr_model.encoders`` does not pay for torch.
 """

@@ -140,7 +140,7 @@ def load_encoder(spec: str = DEFAULT_ENCODER, device: str | None = None) -> Text
     costs seconds, a dict lookup nothing. ``device`` None means CUDA when available, else CPU (what
     sentence-transformers picks), and shares the cache entry of that device named explicitly.
     """
-    from ctcvr_model.model import default_device  # one rule for "no device given"
+    from ctcvr_model.device import default_device  # lazy: torch only when an encoder is built
 
     device = str(default_device(device))
     key = (spec, device)

@@ -19,13 +19,14 @@ the model unless --output-dir says otherwise, and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ctcvr_model.checkpoint import write_json
+from ctcvr_model.cli import add_device_flag, command_parser, exit_invalid
 from ctcvr_model.data import encode_table, predict_rows
 from ctcvr_model.metrics import (
     expected_calibration_error,
@@ -199,17 +200,13 @@ def plot_reliability(result: dict[str, Any], path: str | Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ctcvr_model.evaluate",
-        description="AUC, log loss and calibration of ESMM and its baselines (plus the oracle when the table has "
-        "truth_p_* columns) on a CTCVR table; writes evaluation.json and reliability.png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser("evaluate", "AUC, log loss and calibration of ESMM and its baselines (plus the oracle when the "
+                       "table has truth_p_* columns) on a CTCVR table; writes evaluation.json and reliability.png.")
     p.add_argument("--model-dir", required=True, help="directory written by `python -m ctcvr_model.train`")
     p.add_argument("--table", required=True, help="held-out table in the CTCVR table schema")
     p.add_argument("--output-dir", default=None, help="where evaluation.json and reliability.png go (default: --model-dir)")
     p.add_argument("--models", default=None, help="comma-separated subset of the trained models (default: all trained)")
-    p.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
+    add_device_flag(p)
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (optional)")
     p.add_argument("--bins", type=int, default=15, help="equal-mass bins for ECE and the reliability plot")
     p.add_argument("--hide-industry", action="store_true",
@@ -217,16 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+@dataclass(frozen=True)
+class EvaluateRun:
+    """The settings of one ``python -m ctcvr_model.evaluate`` run (the CLI's flags, typed)."""
+
+    model_dir: str  # directory written by ``python -m ctcvr_model.train``
+    table: str  # held-out table in the CTCVR table schema
+    output_dir: str | None = None  # where evaluation.json and reliability.png go; None: model_dir
+    models: tuple[str, ...] | None = None  # subset of the trained models; None: all trained
+    device: str | None = None  # None: CUDA when available, else CPU
+    cache_dir: str | None = None  # embedding cache folder
+    bins: int = 15  # equal-mass bins for ECE and the reliability plot
+    hide_industry: bool = False  # score every row as an item without an industry
+
+
+def run(config: EvaluateRun) -> dict[str, Any]:
+    """Evaluate, write evaluation.json and reliability.png, print the table; returns the result.
+
+    Exits 2 on invalid input (a model directory, table or model name that does not fit).
+    """
     try:
-        result = evaluate(args.model_dir, args.table, models=models, device=args.device, n_bins=args.bins,
-                          cache_dir=args.cache_dir, hide_industry=args.hide_industry)
+        result = evaluate(config.model_dir, config.table, models=list(config.models) if config.models else None,
+                          device=config.device, n_bins=config.bins, cache_dir=config.cache_dir,
+                          hide_industry=config.hide_industry)
     except (CTCVRError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    out_dir = Path(args.output_dir or args.model_dir)
+        exit_invalid(e)
+    out_dir = Path(config.output_dir or config.model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / EVALUATION_FILE, result)
     plot_reliability(result, out_dir / PLOT_FILE)
@@ -234,6 +247,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\nwrote {out_dir / EVALUATION_FILE} and {out_dir / PLOT_FILE}")
     return result
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI: parse the flags, build the config, then :func:`run`."""
+    args = build_parser().parse_args(argv)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
+    return run(EvaluateRun(model_dir=args.model_dir, table=args.table, output_dir=args.output_dir, models=models,
+                           device=args.device, cache_dir=args.cache_dir, bins=args.bins, hide_industry=args.hide_industry))
 
 if __name__ == "__main__":
     main()

@@ -25,13 +25,6 @@ from ctcvr_model.features import FeatureConfig, combine_features
 MODEL_NAMES = ("esmm", "naive", "logreg")
 
 
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class ModelConfig:
     """Network sizes. Saved in config.json ("model")."""

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from ctcvr_model.checkpoint import SavedModel, load_model, read_config
+from ctcvr_model.device import default_device
 from ctcvr_model.encoders import TextEncoder, load_encoder, maybe_cached
 from ctcvr_model.features import check_item, encode_items, gather_batch
-from ctcvr_model.model import MODEL_NAMES, CTCVRNet, default_device
+from ctcvr_model.model import MODEL_NAMES, CTCVRNet
 from ctcvr_model.schema import ModelDirError
 
 

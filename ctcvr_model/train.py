@@ -27,7 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ctcvr_model.checkpoint import METRICS_FILE, SavedModel, save_model, write_json
+from ctcvr_model.cli import add_device_flag, command_parser, exit_invalid
 from ctcvr_model.data import LabelledRows, aggregate_rows, encode_table, predict_rows
+from ctcvr_model.device import default_device
 from ctcvr_model.encoders import DEFAULT_ENCODER, load_encoder, maybe_cached
 from ctcvr_model.features import (
     FEATURE_PRESETS,
@@ -40,7 +42,7 @@ from ctcvr_model.features import (
 )
 from ctcvr_model.losses import esmm_loss, logreg_loss, naive_loss
 from ctcvr_model.metrics import finite_or_none, weighted_auc, weighted_logloss
-from ctcvr_model.model import MODEL_NAMES, CTCVRNet, ModelConfig, default_device
+from ctcvr_model.model import MODEL_NAMES, CTCVRNet, ModelConfig
 from ctcvr_model.schema import CTCVRError, read_table
 
 
@@ -293,18 +295,14 @@ def _dims(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m ctcvr_model.train",
-        description="Train the ESMM CTR/CTCVR model (and the naive-CVR and logistic-regression baselines) "
-        "over frozen sentence embeddings of query, ad metadata and ad text.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser("train", "Train the ESMM CTR/CTCVR model (and the naive-CVR and logistic-regression baselines) "
+                       "over frozen sentence embeddings of query, ad metadata and ad text.")
     p.add_argument("--table", required=True, help="training table (parquet/csv/jsonl in the CTCVR table schema)")
     p.add_argument("--val", required=True, help="validation table, used for early stopping (see --early-stop)")
     p.add_argument("--output-dir", required=True, help="where model.safetensors, config.json, metrics.json go")
     p.add_argument("--encoder", default=d.encoder, help="'use-multilingual' (zh+en), 'minilm' (English only), or a sentence-transformers path/name")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (speeds up re-runs); off when omitted")
-    p.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--models", default=",".join(d.models), help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
     p.add_argument("--epochs", type=int, default=d.max_epochs, help="maximum epochs per model")
@@ -362,18 +360,35 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+@dataclass(frozen=True)
+class TrainRun:
+    """The settings of one ``python -m ctcvr_model.train`` run (the CLI's flags, typed)."""
+
+    table: str  # training table (parquet/csv/jsonl in the CTCVR table schema)
+    val: str  # validation table, for early stopping
+    output_dir: str  # where model.safetensors, config.json, metrics.json go
+    training: TrainConfig = field(default_factory=TrainConfig)
+
+
+def run(config: TrainRun) -> dict[str, Any]:
+    """Train, print the validation summary and return the metrics (also metrics.json); exit 2 on invalid input."""
     try:
-        cfg = config_from_args(args)
-        metrics = train(args.table, args.val, args.output_dir, cfg)
+        metrics = train(config.table, config.val, config.output_dir, config.training)
     except (CTCVRError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_invalid(e)
     summary = {name: r["val"] for name, r in metrics["models"].items()}
-    print(json.dumps({"output_dir": str(args.output_dir), "validation": summary}, indent=2))
+    print(json.dumps({"output_dir": str(config.output_dir), "validation": summary}, indent=2))
     return metrics
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI: parse the flags, build the config (exit 2 when invalid), then :func:`run`."""
+    args = build_parser().parse_args(argv)
+    try:
+        training = config_from_args(args)
+    except ValueError as e:  # TrainConfig's checks: unknown model, early-stop metric, dropout
+        exit_invalid(e)
+    return run(TrainRun(table=args.table, val=args.val, output_dir=args.output_dir, training=training))
 
 if __name__ == "__main__":
     main()

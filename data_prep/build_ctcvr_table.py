@@ -19,65 +19,26 @@ two splits and held-out figures measure generalisation to unseen queries.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tqdm import tqdm
-
-from data_prep.common import assign_split, fail, handle_invalid, write_parquet
-from relate_common.jsonio import write_json, write_jsonl
+from data_prep.common import assign_split, fail, write_parquet
 from data_prep.config import CTCVRTableConfig
+from data_prep.impression_log import ImpressionLog, labelled_rows
+from relate_common.jsonio import write_json, write_jsonl
 from relate_common.lang import detect_language, normalize_language
-from relate_common.records import RecordError, is_missing, read_rows, selling_points_field, text_field
+from relate_common.records import RecordError, is_missing, selling_points_field, text_field
 
 TEXT_FIELDS = ("query", "bidword", "title", "description")
 TRUTH_FIELDS = ("truth_p_click", "truth_p_cvr", "truth_p_ctcvr")
 SPLITS = ("train", "val", "test")
 OUTPUT_COLUMNS = ("record_id", "query", "bidword", "selling_points", "title", "description", "industry",
                   "language", "click", "conversion", "weight", "split")
-
-
-def _count(raw: dict[str, Any], name: str, source: str, row: int) -> int:
-    """A non-negative integer count (accepts 3, 3.0, "3"); RecordError naming the field otherwise."""
-    value = raw.get(name)
-    if is_missing(value) or (isinstance(value, str) and not value.strip()):
-        raise RecordError(source, row, name, "missing required field")
-    if isinstance(value, bool):
-        value = int(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RecordError(source, row, name, f"expected an integer, got {value!r}") from None
-    if not math.isfinite(number) or not number.is_integer():
-        raise RecordError(source, row, name, f"expected an integer, got {value!r}")
-    if number < 0:
-        raise RecordError(source, row, name, f"negative count {int(number)}")
-    return int(number)
-
-
-def _flag(raw: dict[str, Any], name: str, source: str, row: int) -> int:
-    value = _count(raw, name, source, row)
-    if value > 1:
-        raise RecordError(source, row, name, f"expected 0 or 1, got {value}")
-    return value
-
-
-def detect_shape(columns: set[str]) -> str:
-    """'impression' or 'aggregated' from the label columns present."""
-    if {"click", "conversion"} <= columns:
-        return "impression"
-    if {"impressions", "clicks", "conversions"} <= columns:
-        return "aggregated"
-    raise ValueError(
-        "cannot tell the log shape: need columns click+conversion (one row per impression) "
-        "or impressions+clicks+conversions (aggregated counts)"
-    )
 
 
 def ad_fields(raw: dict[str, Any], source: str, row: int, separator: str) -> dict[str, Any]:
@@ -111,28 +72,6 @@ def truth_fields(raw: dict[str, Any], source: str, row: int) -> dict[str, float]
     if "truth_p_ctcvr" not in truth and {"truth_p_click", "truth_p_cvr"} <= truth.keys():
         truth["truth_p_ctcvr"] = truth["truth_p_click"] * truth["truth_p_cvr"]
     return truth
-
-
-def labelled_rows(raw: dict[str, Any], shape: str, mode: str, source: str, row: int) -> list[tuple[int, int, float]]:
-    """(click, conversion, weight) rows for one input row; validates the label logic."""
-    if shape == "impression":
-        click, conversion = _flag(raw, "click", source, row), _flag(raw, "conversion", source, row)
-        if conversion and not click:
-            raise RecordError(source, row, "conversion", "conversion without click")
-        return [(click, conversion, 1.0)]
-    impressions = _count(raw, "impressions", source, row)
-    clicks = _count(raw, "clicks", source, row)
-    conversions = _count(raw, "conversions", source, row)
-    if impressions == 0:
-        raise RecordError(source, row, "impressions", "zero impressions")
-    if clicks > impressions:
-        raise RecordError(source, row, "clicks", f"clicks ({clicks}) > impressions ({impressions})")
-    if conversions > clicks:
-        raise RecordError(source, row, "conversions", f"conversions ({conversions}) > clicks ({clicks}): conversion without click")
-    groups = [(1, 1, conversions), (1, 0, clicks - conversions), (0, 0, impressions - clicks)]
-    if mode == "expand":
-        return [(c, v, 1.0) for c, v, n in groups for _ in range(n)]
-    return [(c, v, float(n)) for c, v, n in groups if n > 0]
 
 
 def normalised_query(query: str) -> str:
@@ -174,67 +113,74 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    if not (0 <= args.val_fraction and 0 <= args.test_fraction and args.val_fraction + args.test_fraction < 1):
-        build_parser().error("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
-    if not args.logs.exists():
-        fail(f"{args.logs}: no such file")
-    source = str(args.logs)
-    fractions = {"val": args.val_fraction, "test": args.test_fraction}
+@dataclass(frozen=True)
+class CTCVRTableRun:
+    """The settings of one ``build_ctcvr_table`` run (the CLI's flags, typed)."""
+
+    logs: Path  # impression log: .parquet, .jsonl or .csv
+    output_dir: Path  # where train/val/test.parquet and summary.json go
+    table: CTCVRTableConfig = field(default_factory=CTCVRTableConfig)  # split fractions, seed, modes
+    skip_invalid: bool = False  # rejected rows to OUTPUT_DIR/rejected.jsonl instead of exit 2
+
+
+def run(config: CTCVRTableRun) -> dict[str, Any]:
+    """Build the tables of ``config``, print the report and return the summary (also summary.json).
+
+    Exits 2 (SystemExit) on invalid input, naming file, row and field.
+    """
+    cfg = config.table
+    if not config.logs.exists():
+        fail(f"{config.logs}: no such file")
+    source = str(config.logs)
+    fractions = {"val": cfg.val_fraction, "test": cfg.test_fraction}
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     rejected: list[dict[str, Any]] = []
     split_of_query: dict[str, str] = {}
-    shape = None
-    rows_read = 0
     has_truth = False
-    try:
-        for row_no, raw in tqdm(read_rows(args.logs), desc="log rows", unit="row", disable=None, mininterval=1.0):
-            rows_read += 1
-            try:
-                if isinstance(raw, RecordError):
-                    raise raw
-                if shape is None:
-                    try:
-                        shape = detect_shape(set(raw))
-                    except ValueError as e:
-                        fail(f"{source}: {e}; columns found: {', '.join(sorted(raw))}")
-                ad = ad_fields(raw, source, row_no, args.sp_separator)
-                labels = labelled_rows(raw, shape, args.aggregated_mode, source, row_no)
-                truth = truth_fields(raw, source, row_no)
-            except RecordError as err:
-                handle_invalid(err, args.skip_invalid, rejected, raw)
-                continue
-            has_truth = has_truth or bool(truth)
-            key = normalised_query(ad["query"])
-            split = split_of_query.get(key) or split_of_query.setdefault(key, assign_split(key, args.seed, fractions))
-            for click, conversion, weight in labels:
-                by_split[split].append({**ad, "click": click, "conversion": conversion, "weight": weight, "split": split, **truth})
-    except RecordError as err:
-        fail(str(err))
-    if shape is None:
-        fail(f"{source}: no rows")
 
-    out = args.output_dir
+    def parse(raw: dict[str, Any], row_no: int, shape: str) -> tuple[dict[str, Any], list[tuple[int, int, float]], dict[str, float]]:
+        ad = ad_fields(raw, source, row_no, cfg.selling_point_separator)
+        return ad, labelled_rows(raw, shape, cfg.aggregated_mode, source, row_no), truth_fields(raw, source, row_no)
+
+    log = ImpressionLog(config.logs, config.skip_invalid, rejected)
+    for _, (ad, labels, truth) in log.rows(parse):
+        has_truth = has_truth or bool(truth)
+        key = normalised_query(ad["query"])
+        split = split_of_query.get(key) or split_of_query.setdefault(key, assign_split(key, cfg.seed, fractions))
+        for click, conversion, weight in labels:
+            by_split[split].append({**ad, "click": click, "conversion": conversion, "weight": weight, "split": split, **truth})
+    shape, rows_read = log.shape, log.rows_read
+
+    out = config.output_dir
     columns = OUTPUT_COLUMNS + (TRUTH_FIELDS if has_truth else ())
     for split, rows in by_split.items():
         # A row lacking a truth column another row has gets NaN, never a silent 0.
         write_parquet([{c: r.get(c, float("nan")) for c in columns} for r in rows], out / f"{split}.parquet")
-    if args.skip_invalid:
+    if config.skip_invalid:
         write_jsonl(rejected, out / "rejected.jsonl")
     stats = {split: split_summary(rows) for split, rows in by_split.items()}
     summary = {"logs": source, "shape": shape, "rows_read": rows_read, "rejected": len(rejected),
                "splits": stats, "outputs": {s: str(out / f"{s}.parquet") for s in SPLITS}}
     write_json(summary, out / "summary.json")
 
-    print(f"build_ctcvr_table: {source} ({shape} rows{', ' + args.aggregated_mode if shape == 'aggregated' else ''})")
-    print(f"  rows read {rows_read}, rejected {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if args.skip_invalid else ""))
+    print(f"build_ctcvr_table: {source} ({shape} rows{', ' + cfg.aggregated_mode if shape == 'aggregated' else ''})")
+    print(f"  rows read {rows_read}, rejected {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if config.skip_invalid else ""))
     print(f"  {'split':<6} {'rows':>8} {'queries':>8} {'impressions':>12} {'CTR':>8} {'CVR':>8} {'CTCVR':>8}")
     for split, s in stats.items():
         print(f"  {split:<6} {s['rows']:>8} {s['queries']:>8} {s['impressions']:>12.0f} {s['ctr']:>8.2%} {s['cvr']:>8.2%} {s['ctcvr']:>8.3%}")
     print(f"  outputs {out}/{{train,val,test}}.parquet")
     return summary
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI: parse and check the flags, then :func:`run`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (0 <= args.val_fraction and 0 <= args.test_fraction and args.val_fraction + args.test_fraction < 1):
+        parser.error("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
+    table = CTCVRTableConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                             aggregated_mode=args.aggregated_mode, selling_point_separator=args.sp_separator)
+    return run(CTCVRTableRun(logs=args.logs, output_dir=args.output_dir, table=table, skip_invalid=args.skip_invalid))
 
 if __name__ == "__main__":
     main()

@@ -26,22 +26,20 @@ import argparse
 import dataclasses
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tqdm import tqdm
-
-from data_prep.build_ctcvr_table import detect_shape, labelled_rows
 from data_prep.common import assign_split, fail, handle_invalid, write_parquet
 from data_prep.config import SAMPLE_RECORDS, DatasetConfig, SFTDatasetConfig
+from data_prep.impression_log import ImpressionLog, labelled_rows
 from data_prep.prompts import PROMPT_STYLES, build_messages, prompt_version
 from relate_common.ad_format import render_ad
 from relate_common.jsonio import write_json, write_jsonl
-from relate_common.records import AdRecord, RecordError, load_records, read_rows, text_field
+from relate_common.records import AdRecord, RecordError, load_records, text_field
 
 SPLITS = ("train", "val")
 
@@ -94,39 +92,24 @@ def read_logged_ads(path: Path, known_ids: set[str], skip_invalid: bool, rejecte
     """
     source = str(path)
     ads: dict[tuple[str, str, str], LoggedAd] = {}
-    shape = None
-    rows_read = 0
-    try:
-        for row_no, raw in tqdm(read_rows(path), desc="log rows", unit="row", disable=None, mininterval=1.0):
-            rows_read += 1
-            try:
-                if isinstance(raw, RecordError):
-                    raise raw
-                if shape is None:
-                    try:
-                        shape = detect_shape(set(raw))
-                    except ValueError as e:
-                        fail(f"{source}: {e}; columns found: {', '.join(sorted(raw))}")
-                rid = text_field(raw, "record_id", source, row_no, required=True)
-                if rid not in known_ids:
-                    raise RecordError(source, row_no, "record_id", f"no record with id '{rid}' in the records file")
-                title = text_field(raw, "title", source, row_no, required=True)
-                description = text_field(raw, "description", source, row_no, required=True)
-                labels = labelled_rows(raw, shape, "weight", source, row_no)
-            except RecordError as err:
-                handle_invalid(err, skip_invalid, rejected, raw)
-                continue
-            ad = ads.setdefault((rid, title, description), LoggedAd(rid, title, description))
-            ad.variant = ad.variant or str(raw.get("variant") or "")
-            for click, conversion, weight in labels:
-                ad.impressions += weight
-                ad.clicks += weight * click
-                ad.conversions += weight * conversion
-    except RecordError as err:  # unreadable file type
-        fail(str(err))
-    if shape is None:
-        fail(f"{source}: no rows")
-    return list(ads.values()), rows_read
+
+    def parse(raw: dict[str, Any], row_no: int, shape: str) -> tuple[str, str, str, list[tuple[int, int, float]]]:
+        rid = text_field(raw, "record_id", source, row_no, required=True)
+        if rid not in known_ids:
+            raise RecordError(source, row_no, "record_id", f"no record with id '{rid}' in the records file")
+        title = text_field(raw, "title", source, row_no, required=True)
+        description = text_field(raw, "description", source, row_no, required=True)
+        return rid, title, description, labelled_rows(raw, shape, "weight", source, row_no)
+
+    log = ImpressionLog(path, skip_invalid, rejected)
+    for raw, (rid, title, description, labels) in log.rows(parse):
+        ad = ads.setdefault((rid, title, description), LoggedAd(rid, title, description))
+        ad.variant = ad.variant or str(raw.get("variant") or "")
+        for click, conversion, weight in labels:
+            ad.impressions += weight
+            ad.clicks += weight * click
+            ad.conversions += weight * conversion
+    return list(ads.values()), log.rows_read
 
 
 def answers_for(record: AdRecord, chosen: dict[str, list[tuple[LoggedAd, float]]], config: SFTDatasetConfig) -> tuple[list[tuple[LoggedAd, float | None]], str]:
@@ -171,21 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.val_fraction < 1.0:
-        parser.error("--val-fraction must be in [0, 1)")
-    if args.variants_per_record < 1 or args.min_conversions < 0 or args.prior_conversions < 0:
-        parser.error("--variants-per-record must be >= 1, --min-conversions and --prior-conversions >= 0")
-    config = SFTDatasetConfig(variants_per_record=args.variants_per_record, min_conversions=args.min_conversions,
-                              prior_conversions=args.prior_conversions, reference_fallback=not args.no_reference_fallback)
-    for path in (args.records, args.logs):
+@dataclass(frozen=True)
+class SFTDatasetRun:
+    """The settings of one ``build_sft_dataset`` run (the CLI's flags, typed)."""
+
+    logs: Path  # impression log of the records: .parquet, .jsonl or .csv
+    output_dir: Path  # where train.parquet, val.parquet and summary.json go
+    records: Path = SAMPLE_RECORDS  # records file: .jsonl, .csv or .parquet
+    rule: SFTDatasetConfig = field(default_factory=SFTDatasetConfig)  # which logged ads answer
+    # The RL set's split and prompt (build_dataset's DatasetConfig), so SFT and RL hold out the same prompts.
+    val_fraction: float = DatasetConfig.val_fraction
+    seed: int = DatasetConfig.seed
+    prompt_style: str = DatasetConfig.prompt_style
+    selling_point_separator: str = DatasetConfig.selling_point_separator
+    skip_invalid: bool = False  # rejected rows to OUTPUT_DIR/rejected.jsonl instead of exit 2
+
+
+def run(config: SFTDatasetRun) -> dict[str, Any]:
+    """Build the SFT set of ``config``, print the report and return the summary (also summary.json).
+
+    Exits 2 (SystemExit) on invalid input, naming file, row and field.
+    """
+    rule = config.rule
+    for path in (config.records, config.logs):
         if not path.exists():
             fail(f"{path}: no such file")
     rejected: list[dict[str, Any]] = []
     try:
-        records, bad = load_records(args.records, skip_invalid=args.skip_invalid, selling_point_separator=args.sp_separator)
+        records, bad = load_records(config.records, skip_invalid=config.skip_invalid, selling_point_separator=config.selling_point_separator)
     except RecordError as err:
         handle_invalid(err, False, rejected)
     rejected.extend(e.to_json() for e in bad)
@@ -193,46 +189,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for record in records:
         by_id.setdefault(record.id, record)  # first occurrence wins, as in build_dataset
     duplicates = len(records) - len(by_id)
-    ads, rows_read = read_logged_ads(args.logs, set(by_id), args.skip_invalid, rejected)
-    chosen = select_sft_ads(ads, config)
+    ads, rows_read = read_logged_ads(config.logs, set(by_id), config.skip_invalid, rejected)
+    chosen = select_sft_ads(ads, rule)
 
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     unselected, variants, sources = [], Counter(), Counter()
     logged = Counter(a.record_id for a in ads)
     for record in by_id.values():
-        split = assign_split(record.id, args.seed, {"val": args.val_fraction})
-        answers, source = answers_for(record, chosen, config)
+        split = assign_split(record.id, config.seed, {"val": config.val_fraction})
+        answers, source = answers_for(record, chosen, rule)
         if not answers:
-            reason = ("not in the logs" if not logged[record.id] else f"no logged ad with >= {config.min_conversions:g} conversions")
+            reason = ("not in the logs" if not logged[record.id] else f"no logged ad with >= {rule.min_conversions:g} conversions")
             unselected.append({"id": record.id, "split": split, "logged_ads": logged[record.id],
-                               "reason": reason + ("" if config.reference_fallback else ", reference fallback off")
-                               + (", no reference ad" if config.reference_fallback else "")})
+                               "reason": reason + ("" if rule.reference_fallback else ", reference fallback off")
+                               + (", no reference ad" if rule.reference_fallback else "")})
             continue
         sources[source] += 1
         for ad, posterior in answers:
-            by_split[split].append(to_sft_row(record, ad, posterior, source, split, len(by_split[split]), args.prompt_style))
+            by_split[split].append(to_sft_row(record, ad, posterior, source, split, len(by_split[split]), config.prompt_style))
             if source == "posterior":
                 variants[ad.variant or "(no variant column)"] += 1
 
-    out = args.output_dir
+    out = config.output_dir
     for split, rows in by_split.items():
         write_parquet(rows, out / f"{split}.parquet")
     write_jsonl(unselected, out / "unselected.jsonl")
-    if args.skip_invalid:
+    if config.skip_invalid:
         write_jsonl(rejected, out / "rejected.jsonl")
     summary = {
-        "records": str(args.records), "logs": str(args.logs), "prompt_style": args.prompt_style, "log_rows_read": rows_read, "rejected": len(rejected),
-        "logged_ads": len(ads), "overall_ctcvr": overall_ctcvr(ads), "rule": dataclasses.asdict(config),
+        "records": str(config.records), "logs": str(config.logs), "prompt_style": config.prompt_style, "log_rows_read": rows_read, "rejected": len(rejected),
+        "logged_ads": len(ads), "overall_ctcvr": overall_ctcvr(ads), "rule": dataclasses.asdict(rule),
         "written": {s: len(rows) for s, rows in by_split.items()}, "records_unselected": len(unselected),
         "duplicate_records": duplicates, "records_by_source": dict(sources),
         "chosen_variants": dict(variants.most_common()), "outputs": {s: str(out / f"{s}.parquet") for s in SPLITS},
     }
     write_json(summary, out / "summary.json")
-    print(f"build_sft_dataset: {args.records} + {args.logs}")
-    print(f"  log rows read  {rows_read}, rejected {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if args.skip_invalid else ""))
+    print(f"build_sft_dataset: {config.records} + {config.logs}")
+    print(f"  log rows read  {rows_read}, rejected {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if config.skip_invalid else ""))
     print(f"  logged ads     {len(ads)} distinct, overall CTCVR {summary['overall_ctcvr']:.4%}")
-    print(f"  rule           best {config.variants_per_record} per record by posterior CTCVR (Beta prior of "
-          f"{config.prior_conversions:g} conversions), >= {config.min_conversions:g} conversions")
+    print(f"  rule           best {rule.variants_per_record} per record by posterior CTCVR (Beta prior of "
+          f"{rule.prior_conversions:g} conversions), >= {rule.min_conversions:g} conversions")
     print(f"  written        train {len(by_split['train'])}, val {len(by_split['val'])}  (records answered by "
           f"logged posterior ads {sources['posterior']}, by their reference ad {sources['reference']})")
     if duplicates:
@@ -243,6 +239,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  outputs        {out / 'train.parquet'}, {out / 'val.parquet'}")
     return summary
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI: parse and check the flags, then :func:`run`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error("--val-fraction must be in [0, 1)")
+    if args.variants_per_record < 1 or args.min_conversions < 0 or args.prior_conversions < 0:
+        parser.error("--variants-per-record must be >= 1, --min-conversions and --prior-conversions >= 0")
+    rule = SFTDatasetConfig(variants_per_record=args.variants_per_record, min_conversions=args.min_conversions,
+                            prior_conversions=args.prior_conversions, reference_fallback=not args.no_reference_fallback)
+    return run(SFTDatasetRun(logs=args.logs, output_dir=args.output_dir, records=args.records, rule=rule,
+                             val_fraction=args.val_fraction, seed=args.seed, prompt_style=args.prompt_style,
+                             selling_point_separator=args.sp_separator, skip_invalid=args.skip_invalid))
 
 if __name__ == "__main__":
     main()

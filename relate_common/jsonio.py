@@ -1,4 +1,5 @@
-"""JSON output shared by every command: values made JSON-safe, files written atomically.
+"""JSON I/O shared by every command: JSON lines read with their line numbers, values made
+JSON-safe, files written atomically.
 
 Atomic = written to a temporary file in the same folder and renamed over the target, so a reader
 (or a rerun after Ctrl-C) never sees a half-written file.
@@ -10,11 +11,26 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """``(line_number, value)`` for each non-blank line (1-based, blank lines counted).
+
+    A malformed line gives its ``json.JSONDecodeError`` as the value, so each reader words the
+    error in its own schema's terms and decides whether to stop or skip.
+    """
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield line_no, e
 
 
 def jsonable(x: Any) -> Any:

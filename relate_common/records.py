@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relate_common.jsonio import json_lines
 from relate_common.lang import SUPPORTED_LANGUAGES, detect_language, normalize_language
 
 REQUIRED_FIELDS = ("id", "query", "bidword", "selling_points")
@@ -73,18 +74,13 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | RecordEr
         raise RecordError(source, 0, None, f"unsupported file type '{suffix}' (use one of {SUPPORTED_SUFFIXES})")
     if suffix in (".jsonl", ".json"):
         with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield line_no, RecordError(source, line_no, None, f"malformed JSON line ({e.msg} at column {e.colno})")
-                    continue
-                if not isinstance(obj, dict):
+            for line_no, obj in json_lines(f):
+                if isinstance(obj, json.JSONDecodeError):
+                    yield line_no, RecordError(source, line_no, None, f"malformed JSON line ({obj.msg} at column {obj.colno})")
+                elif not isinstance(obj, dict):
                     yield line_no, RecordError(source, line_no, None, f"expected a JSON object, got {type(obj).__name__}")
-                    continue
-                yield line_no, obj
+                else:
+                    yield line_no, obj
     elif suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)

@@ -39,3 +39,13 @@ def record(i: int = 1, **overrides: Any) -> dict[str, Any]:
         else:
             row[key] = value
     return row
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, relative path -> bytes: two runs into one folder compare equal."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def as_json(value: Any) -> str:
+    """``value`` as sorted JSON (NaN written as NaN), so results holding NaN compare equal."""
+    return json.dumps(value, sort_keys=True, default=str)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from data_prep import build_ctcvr_table
-from tests.helpers import write_csv, write_jsonl
+from data_prep.config import CTCVRTableConfig
+from tests.helpers import as_json, files_of, write_csv, write_jsonl
 
 
 def impression(query: str, click: int, conversion: int, **extra):
@@ -114,3 +115,20 @@ def test_unknown_log_shape_is_explained(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, path)
     assert "need columns click+conversion" in capsys.readouterr().err
+
+
+def test_run_with_a_config_matches_main(tmp_path, capsys):
+    """run(CTCVRTableRun) is main(argv) without the parsing: same summary, report and files."""
+    rows = [impression(f"query {q}", click=int(i % 3 == 0), conversion=int(i % 6 == 0), selling_points="a;b")
+            for q in range(20) for i in range(6)]
+    rows.append(impression("bad", click=0, conversion=1))  # rejected, listed in rejected.jsonl
+    path = write_jsonl(tmp_path / "logs.jsonl", rows)
+    by_argv = run(tmp_path, path, "--val-fraction", "0.2", "--test-fraction", "0.2", "--seed", "3",
+                  "--aggregated-mode", "expand", "--sp-separator", ";", "--skip-invalid")
+    argv_report, argv_files = capsys.readouterr().out, files_of(tmp_path / "out")
+    table = CTCVRTableConfig(val_fraction=0.2, test_fraction=0.2, seed=3, aggregated_mode="expand", selling_point_separator=";")
+    by_config = build_ctcvr_table.run(build_ctcvr_table.CTCVRTableRun(logs=path, output_dir=tmp_path / "out", table=table,
+                                                                        skip_invalid=True))
+    assert as_json(by_config) == as_json(by_argv) and by_argv["rejected"] == 1
+    assert capsys.readouterr().out == argv_report
+    assert files_of(tmp_path / "out") == argv_files

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 from ctcvr_model import evaluate as evaluate_cmd
 from ctcvr_model import train as train_cmd
@@ -445,3 +446,45 @@ def test_aggregation_keeps_industries_apart():
     agg = aggregate_rows(df)
     assert agg["weight"].sum() == pytest.approx(len(df))
     assert set(agg["industry"]) == set(df["industry"])
+
+
+def _without_timings(value):
+    """``value`` less its wall-clock entries (keys naming seconds), which differ between two runs."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "seconds" not in k}
+    return value
+
+
+def test_train_run_with_a_config_matches_main(tables, tmp_path, capsys, enc_cache):
+    """train.run(TrainRun) is main(argv) without the parsing: same metrics, weights and report."""
+    out = tmp_path / "m"
+    by_argv = train_cmd.main(["--table", str(tables["train"]), "--val", str(tables["val"]), "--output-dir", str(out),
+                              "--encoder", ENCODER, "--epochs", "2", "--models", "esmm,logreg", "--quiet", "--seed", "3",
+                              "--features", "compact", "--style", "0", "--cache-dir", enc_cache])
+    # the tensors, not the file's bytes: safetensors writes its metadata map in no fixed order
+    argv_report, argv_weights = capsys.readouterr().out, load_file(out / WEIGHTS_FILE)
+    training = train_cmd.TrainConfig(encoder=ENCODER, max_epochs=2, models=("esmm", "logreg"), progress=False, seed=3,
+                                     style_auto=False, features=feature_preset("compact", style=0), cache_dir=enc_cache)
+    by_config = train_cmd.run(train_cmd.TrainRun(table=str(tables["train"]), val=str(tables["val"]), output_dir=str(out),
+                                                 training=training))
+    assert _without_timings(by_config) == _without_timings(by_argv)
+    weights = load_file(out / WEIGHTS_FILE)
+    assert weights.keys() == argv_weights.keys()
+    assert all(torch.equal(weights[k], argv_weights[k]) for k in weights)
+    assert capsys.readouterr().out == argv_report
+
+
+def test_evaluate_run_with_a_config_matches_main(model_dir, tables, tmp_path, capsys):
+    """evaluate.run(EvaluateRun) is main(argv) without the parsing: same result, evaluation.json and report."""
+    by_argv = evaluate_cmd.main(["--model-dir", str(model_dir), "--table", str(tables["test"]), "--output-dir",
+                                 str(tmp_path), "--models", "esmm,naive", "--bins", "5", "--hide-industry"])
+    argv_report, argv_json = capsys.readouterr().out, (tmp_path / evaluate_cmd.EVALUATION_FILE).read_bytes()
+    by_config = evaluate_cmd.run(evaluate_cmd.EvaluateRun(model_dir=str(model_dir), table=str(tables["test"]),
+                                                          output_dir=str(tmp_path), models=("esmm", "naive"), bins=5,
+                                                          hide_industry=True))
+    assert json.dumps(by_config, sort_keys=True) == json.dumps(by_argv, sort_keys=True)
+    assert (tmp_path / evaluate_cmd.EVALUATION_FILE).read_bytes() == argv_json
+    assert capsys.readouterr().out == argv_report
+    with pytest.raises(SystemExit) as exc:  # an untrained model name: exit 2, as main
+        evaluate_cmd.run(evaluate_cmd.EvaluateRun(model_dir=str(model_dir), table=str(tables["test"]), models=("nope",)))
+    assert exc.value.code == 2

@@ -145,3 +145,18 @@ def test_score_cli_names_bad_line_and_field(model_dir, tmp_path, capsys):
     assert score_cmd.main(["--model-dir", str(model_dir), "--input", str(src), "--output", str(out), "--quiet"]) == 2
     assert "row 2: not valid JSON" in capsys.readouterr().err
     assert score_cmd.main(["--model-dir", str(tmp_path / "nomodel"), "--input", str(src), "--output", str(out)]) == 2
+
+
+def test_score_run_with_a_config_matches_main(model_dir, tmp_path, capsys):
+    """score.run(ScoreRun) is main(argv) without the parsing: same exit code, output file and report."""
+    src = tmp_path / "items.jsonl"
+    src.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in make_items(7, seed=2)), encoding="utf-8")
+    out = tmp_path / "scored.jsonl"
+    assert score_cmd.main(["--model-dir", str(model_dir), "--input", str(src), "--output", str(out), "--model", "naive",
+                           "--batch-size", "3", "--with-cvr", "--quiet"]) == 0
+    argv_scored, argv_report = out.read_bytes(), capsys.readouterr().out
+    config = score_cmd.ScoreRun(model_dir=str(model_dir), input=str(src), output=str(out), model="naive", batch_size=3,
+                                with_cvr=True, progress=False)
+    assert score_cmd.run(config) == 0
+    assert out.read_bytes() == argv_scored and capsys.readouterr().out == argv_report
+    assert score_cmd.run(score_cmd.ScoreRun(model_dir=str(tmp_path / "nomodel"), input=str(src), output=str(out))) == 2

@@ -18,7 +18,7 @@ from data_prep import build_dataset, build_sft_dataset
 from data_prep.build_sft_dataset import LoggedAd, overall_ctcvr, select_sft_ads
 from data_prep.config import SFTDatasetConfig
 from relate_common.ad_format import parse_ad
-from tests.helpers import record, write_jsonl
+from tests.helpers import as_json, files_of, record, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,3 +145,20 @@ def test_verl_sft_trainer_trains_on_cpu(tiny_model_dir, tmp_path):
     tuned = AutoModelForCausalLM.from_pretrained(final)
     moved = [name for name, p in tuned.named_parameters() if not torch.equal(p, start.get_parameter(name))]
     assert moved, "the checkpoint holds the starting weights"
+
+
+def test_run_with_a_config_matches_main(pipeline_dir, tmp_path, capsys):
+    """run(SFTDatasetRun) is main(argv) without the parsing: same summary, report and files."""
+    out = tmp_path / "sft"
+    by_argv = build_sft_dataset.main([
+        "--logs", str(pipeline_dir / "logs.parquet"), "--output-dir", str(out), "--variants-per-record", "2",
+        "--prior-conversions", "2", "--no-reference-fallback", "--val-fraction", "0.2", "--seed", "1",
+        "--prompt-style", "compact", "--skip-invalid"])
+    argv_report, argv_files = capsys.readouterr().out, files_of(out)
+    rule = SFTDatasetConfig(variants_per_record=2, prior_conversions=2.0, reference_fallback=False)
+    by_config = build_sft_dataset.run(build_sft_dataset.SFTDatasetRun(
+        logs=pipeline_dir / "logs.parquet", output_dir=out, rule=rule, val_fraction=0.2, seed=1, prompt_style="compact",
+        skip_invalid=True))
+    assert as_json(by_config) == as_json(by_argv)
+    assert capsys.readouterr().out == argv_report
+    assert files_of(out) == argv_files

@@ -17,15 +17,8 @@ from hypothesis import strategies as st
 
 from data_prep import simulate_logs
 from data_prep.simulate_logs import OUTPUT_SCHEMA, VARIANT_NAMES, main, make_variants, reference_ad, simulate
-from data_prep.user_model import (
-    _CJK_RUN,
-    DEFAULT_BASE_CTR,
-    FatigueState,
-    UserModel,
-    content_tokens,
-    normalize_text,
-    phrasing_keys,
-)
+from data_prep.user_model import DEFAULT_BASE_CTR, FatigueState, UserModel
+from data_prep.user_text import _CJK_RUN, content_tokens, normalize_text, phrasing_keys
 from relate_common.lang import is_cjk
 from relate_common.records import parse_record
 
@@ -422,3 +415,23 @@ def test_aggregated_log_feeds_the_ctcvr_tables_with_the_same_totals(tmp_path, re
         for key in ("impressions", "clicks", "conversions", "queries"):
             assert agg["splits"][split][key] == per["splits"][split][key], (split, key)
 
+
+
+def test_run_with_a_config_matches_main(records_file, tmp_path, capsys):
+    """run(SimulationRun) is main(argv) without the parsing: same exit code, file and report."""
+    output = tmp_path / "logs.parquet"
+    assert main(["--records", str(records_file), "--output", str(output), "--impressions", "500", "--seed", "2",
+                 "--popularity-skew", "0.5", "--aggregate", "--no-progress"]) == 0
+    argv_log, argv_report = output.read_bytes(), capsys.readouterr().out
+    config = simulate_logs.SimulationRun(output=output, records=records_file, impressions=500, seed=2,
+                                         popularity_skew=0.5, aggregate=True, progress=False)
+    assert simulate_logs.run(config) == 0
+    assert output.read_bytes() == argv_log
+
+    def without_wall_time(report: str) -> str:
+        return "\n".join(line for line in report.splitlines() if not line.startswith("wall time:"))
+
+    assert without_wall_time(capsys.readouterr().out) == without_wall_time(argv_report)
+    missing = tmp_path / "missing.jsonl"
+    assert main(["--records", str(missing), "--output", str(output)]) == 2
+    assert simulate_logs.run(simulate_logs.SimulationRun(output=output, records=missing)) == 2
