@@ -17,7 +17,7 @@
 #   SEEDS     seeds, one run per preset each                      [1 2; 1 with SMOKE=1]
 #   OUT_DIR   runs, generations, table3.md, figure3.png           [outputs/ablation; outputs/ablation-smoke]
 #   BASE_DIR  the starting point's folder                         [outputs/demo; outputs/demo-smoke with SMOKE=1]
-#   RUNS_AT_ONCE  verl runs side by side, cores split between them  [1; 2 with SMOKE=1]
+#   RUNS_AT_ONCE  verl runs side by side, cores split between them  [2]
 #   SMOKE     1: every stage at a tiny size (the test suite runs it) [0]
 #   PYTHON    interpreter with the requirements installed         [.venv/bin/python if present, else python3]
 set -euo pipefail
