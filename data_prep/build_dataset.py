@@ -31,16 +31,10 @@ from relate_common.jsonio import write_json, write_jsonl
 from data_prep.config import SAMPLE_RECORDS, DatasetConfig
 from data_prep.prompts import PROMPT_STYLES, build_messages, prompt_version
 from relate_common.records import AdRecord, RecordError, parse_record, read_rows
+from relate_common.rl_row import GROUND_TRUTH_FIELDS, ground_truth, reward_model
 
-GROUND_TRUTH_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landing_page", "industry", "title", "description")
 # extra_info keys we set ourselves; an input column with one of these names is carried as input_<name>.
 _RESERVED_EXTRA_KEYS = frozenset(("index", "split", "prompt_version", *GROUND_TRUTH_FIELDS))
-
-
-def ground_truth(record: AdRecord) -> dict[str, Any]:
-    """The record fields the rewards read, always all present (empty string when absent) so
-    that every parquet row has the same struct schema."""
-    return {name: getattr(record, name) for name in GROUND_TRUTH_FIELDS}
 
 
 def _carry_extra(extra: dict[str, Any]) -> dict[str, Any]:
@@ -74,13 +68,13 @@ def unify_extra_types(rows: list[dict[str, Any]]) -> list[str]:
 
 def to_rl_row(record: AdRecord, config: DatasetConfig, split: str, index: int) -> dict[str, Any]:
     """One verl RL row for ``record``."""
-    truth = ground_truth(record)
     return {
         "data_source": config.data_source,
         "prompt": build_messages(record, config.prompt_style),
         "ability": config.ability,
-        "reward_model": {"style": config.reward_style, "ground_truth": truth},
-        "extra_info": {"index": index, "split": split, "prompt_version": prompt_version(config.prompt_style), **truth, **_carry_extra(record.extra)},
+        "reward_model": reward_model(record, config.reward_style),
+        "extra_info": {"index": index, "split": split, "prompt_version": prompt_version(config.prompt_style),
+                       **ground_truth(record), **_carry_extra(record.extra)},
     }
 
 

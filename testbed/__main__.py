@@ -73,7 +73,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from recipe.relate.generate import read_prompts
+    from relate_common.rl_row import read_rl_parquet
     from recipe.relate.generate import load_policy
     from relate_common.jsonio import write_json
     from relate_common.records import RecordError
@@ -86,12 +86,12 @@ def run_probe(args: argparse.Namespace) -> int:
         print(f"error: --model {args.model}: not a model folder", file=sys.stderr)
         return 2
     try:
-        prompts = read_prompts(str(args.data))
+        rows = read_rl_parquet(args.data)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, tokenizer = load_policy(str(args.model), device="cpu")
-    messages, records = [m for m, _ in prompts], [r for _, r in prompts]
+    messages, records = [r.messages for r in rows], [r.record for r in rows]
     greedy = sample_ads(model, tokenizer, messages, n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
     sampled = sample_ads(model, tokenizer, messages, n=args.samples, temperature=1.0,
                          max_new_tokens=args.max_new_tokens)

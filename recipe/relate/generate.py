@@ -63,7 +63,8 @@ import torch
 from tqdm.auto import tqdm
 
 from relate_common.jsonio import write_jsonl
-from relate_common.records import AdRecord, RecordError, parse_record
+from relate_common.records import AdRecord, RecordError
+from relate_common.rl_row import ground_truth, read_rl_parquet
 from verl_cpu.sampling import generation_inputs
 
 # Per-batch seeds: seed * _SEED_STRIDE + batch index, so that seeds 0 and 1 share no batch seed.
@@ -241,9 +242,6 @@ def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence
 # ---- the CLI --------------------------------------------------------------------------------------
 
 
-GROUND_TRUTH_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landing_page", "industry", "title", "description")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI (see the module docstring)."""
     p = argparse.ArgumentParser(
@@ -270,49 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _messages(value: Any, source: str, row: int) -> list[dict[str, str]]:
-    """The chat messages of one parquet row, validated."""
-    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise RecordError(source, row, "prompt", f"expected a list of chat messages, got {type(value).__name__}")
-    out = []
-    for i, m in enumerate(value):
-        if not hasattr(m, "get") or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise RecordError(source, row, "prompt", f"message {i} needs string 'role' and 'content'")
-        out.append({"role": m["role"], "content": m["content"]})
-    if not out:
-        raise RecordError(source, row, "prompt", "no messages")
-    return out
-
-
 def read_prompts(path: str, limit: int | None = None) -> list[tuple[list[dict[str, str]], AdRecord]]:
-    """(chat messages, record) per row of a verl RL parquet; RecordError names the bad row/field."""
-    import pyarrow.parquet as pq
-
-    source = str(path)
-    if not Path(path).is_file():
-        raise RecordError(source, 0, None, "file not found")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # not a parquet file
-        raise RecordError(source, 0, None, f"cannot read parquet: {type(e).__name__}: {e}") from e
-    for column in ("prompt", "reward_model"):
-        if column not in table.column_names:
-            raise RecordError(source, 0, column, "missing column (expected the RL parquet of data_prep/build_dataset.py)")
-    if limit is not None:
-        table = table.slice(0, max(0, limit))
-    rows = table.select(["prompt", "reward_model"]).to_pylist()
-    out = []
-    for row_no, row in enumerate(rows, start=1):
-        messages = _messages(row["prompt"], source, row_no)
-        truth = (row["reward_model"] or {}).get("ground_truth")
-        if not isinstance(truth, dict):
-            raise RecordError(source, row_no, "reward_model.ground_truth", "missing or not a record mapping")
-        try:
-            record = parse_record(truth, source=source, row=row_no)
-        except RecordError as e:
-            raise RecordError(source, row_no, f"reward_model.ground_truth.{e.field}", e.reason) from None
-        out.append((messages, record))
-    return out
+    """(chat messages, record) per row of a verl RL parquet (``relate_common.rl_row.read_rl_parquet``)."""
+    return [(row.messages, row.record) for row in read_rl_parquet(path, limit)]
 
 
 def output_rows(records: list[AdRecord], texts: list[list[str]], ids: list[list[list[int]]], stops: set[int],
@@ -320,7 +278,7 @@ def output_rows(records: list[AdRecord], texts: list[list[str]], ids: list[list[
     """The JSONL rows (see the module docstring), prompt-major, sample-minor."""
     rows = []
     for record, sample_texts, sample_ids in zip(records, texts, ids):
-        truth = {name: getattr(record, name) for name in GROUND_TRUTH_FIELDS}
+        truth = ground_truth(record)
         for s, (text, tok) in enumerate(zip(sample_texts, sample_ids)):
             rows.append({
                 **truth,

@@ -27,6 +27,8 @@ from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from relate_common.rl_row import ground_truths
+
 from recipe.relate.relate_config import split_relate_section
 from recipe.relate.relate_core_algos import RELATE_ADV_ESTIMATOR, pending_token_penalty
 from recipe.relate.scoring import token_credit
@@ -104,7 +106,7 @@ class RelateTrainer(PPOTrainerSync):
         responses = data["responses"].to_padded_tensor(padding=pad)
         mask = data["response_mask"].to_padded_tensor(padding=0).bool()
         ids = [responses[i, : lengths[i]].tolist() for i in range(len(lengths))]
-        records = [dict(rm["ground_truth"]) for rm in list(data["reward_model"])]
+        records = ground_truths(list(data["reward_model"]))
         # Non-tensor fields come back as a list-like whose type depends on the TQ backend; list()
         # normalises them (as verl does for raw_prompt).
         uids = list(data["uid"])
