@@ -180,10 +180,6 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
     return format(x, spec)
 
 
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * x:+.2f}%"
-
-
 def _fence(text: str) -> str:
     """``text`` in a fenced block that its own backticks cannot close."""
     fence = "```"
