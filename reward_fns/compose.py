@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from relate_common.ad_format import ParsedAd, parse_ad
+from relate_common.metric_names import EXTRA_INFO_PREFIX
 from relate_common.records import AdRecord
 
 from reward_fns.attribution import (
@@ -293,7 +294,7 @@ class SampleScore:
 
     def extra_info(self) -> dict[str, float]:
         """Float scalars only (NaN = not computed), as verl stacks reward_extra_info with np.array."""
-        out = {f"reward_{c}": (float("nan") if v is None else float(v)) for c, v in self.values().items()}
+        out = {f"{EXTRA_INFO_PREFIX}{c}": (float("nan") if v is None else float(v)) for c, v in self.values().items()}
         out["compliant"] = float(self.compliant)
         out["judge_failed"] = float(self.judge is not None and self.judge.failed)
         return out
