@@ -132,7 +132,10 @@ class RelevanceConfig:
     # an encoder alone rewards only loosely.
     semantic_weight: float = 0.7
     lexical_weight: float = 0.3
-    # Folder for an on-disk embedding cache (ctcvr_model.encoders.CachedEncoder); None: memory only.
+    # Folder for an on-disk embedding cache (sqlite, ctcvr_model.encoders.CachedEncoder); None: memory only.
+    # ours: a record's query, bidword and selling points are encoded for each of its G = 5 responses and
+    # again every epoch; cached, once. One file per node (sqlite's WAL needs a local file system, not NFS):
+    # the GPU scripts set an absolute node-local folder (RELEVANCE_CACHE_DIR).
     cache_dir: str | None = None
 
 
