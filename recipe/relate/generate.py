@@ -6,7 +6,7 @@ generations that ``recipe.relate.evaluate`` scores (the demo, the CPU ablation, 
         [--limit K] [--seed 0] [--dtype auto] [--device cuda|cpu] [--threads T]
 
 Input: the verl RL parquet written by ``data_prep/build_dataset.py`` (columns ``prompt``: the
-chat messages, ``reward_model.ground_truth``: the record). Each prompt is rendered with the
+chat messages, ``reward_model.ground_truth``: the record), read by ``relate_common.rl_row``. Each prompt is rendered with the
 model's chat template (generation prompt added) and sampled ``N`` times with
 :func:`generate_responses` (below).
 
@@ -268,11 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_prompts(path: str, limit: int | None = None) -> list[tuple[list[dict[str, str]], AdRecord]]:
-    """(chat messages, record) per row of a verl RL parquet (``relate_common.rl_row.read_rl_parquet``)."""
-    return [(row.messages, row.record) for row in read_rl_parquet(path, limit)]
-
-
 def output_rows(records: list[AdRecord], texts: list[list[str]], ids: list[list[list[int]]], stops: set[int],
                 model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The JSONL rows (see the module docstring), prompt-major, sample-minor."""
@@ -307,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --model {args.model}: not a model folder", file=sys.stderr)
         return 2
     try:
-        prompts = read_prompts(args.data, args.limit)
+        prompts = read_rl_parquet(args.data, args.limit)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -322,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model, tokenizer = load_policy(args.model, dtype=args.dtype, device=args.device)
     t_load = time.time() - t0
-    prompt_ids = render_prompts(tokenizer, [m for m, _ in prompts])
+    prompt_ids = render_prompts(tokenizer, [p.messages for p in prompts])
     t1 = time.time()
     ids = generate_responses(model, tokenizer, prompt_ids, args.n, temperature=args.temperature, top_p=args.top_p,
                              max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
@@ -335,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         texts.append([decoded[k + s][0] for s in range(len(per_prompt))])
         k += len(per_prompt)
     stops = set(stop_token_ids(model, tokenizer))
-    rows = output_rows([r for _, r in prompts], texts, ids, stops, args.model, args)
+    rows = output_rows([p.record for p in prompts], texts, ids, stops, args.model, args)
     write_jsonl(rows, args.output)
     n_tok = sum(r["n_tokens"] for r in rows)
     stopped = sum(r["finish_reason"] == "stop" for r in rows)
