@@ -132,7 +132,7 @@ def realistic_batch(seed: int):
     Returns (records: ground-truth dicts (B,), uids (B,) object, token ids (B, L) int64 padded
     with <|endoftext|>, response_mask (B, L) bool, tokenizer).
     """
-    from data_prep.build_dataset import ground_truth
+    from relate_common.rl_row import ground_truth
     from relate_common.ad_format import render_ad
     from relate_common.assets import smollm2_tokenizer_dir
     from relate_common.records import parse_record

@@ -258,7 +258,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
 
-    import torch
     from relate_common.assets import smollm2_tokenizer_dir
 
     from recipe.relate.reward_manager import use_threads

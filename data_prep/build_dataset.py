@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,10 @@ from relate_common.jsonio import write_json, write_jsonl
 from data_prep.config import SAMPLE_RECORDS, DatasetConfig
 from data_prep.prompts import PROMPT_STYLES, build_messages, prompt_version
 from relate_common.records import AdRecord, RecordError, parse_record, read_rows
+from relate_common.rl_row import GROUND_TRUTH_FIELDS, ground_truth, reward_model
 
-GROUND_TRUTH_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landing_page", "industry", "title", "description")
 # extra_info keys we set ourselves; an input column with one of these names is carried as input_<name>.
 _RESERVED_EXTRA_KEYS = frozenset(("index", "split", "prompt_version", *GROUND_TRUTH_FIELDS))
-
-
-def ground_truth(record: AdRecord) -> dict[str, Any]:
-    """The record fields the rewards read, always all present (empty string when absent) so
-    that every parquet row has the same struct schema."""
-    return {name: getattr(record, name) for name in GROUND_TRUTH_FIELDS}
 
 
 def _carry_extra(extra: dict[str, Any]) -> dict[str, Any]:
@@ -74,13 +69,13 @@ def unify_extra_types(rows: list[dict[str, Any]]) -> list[str]:
 
 def to_rl_row(record: AdRecord, config: DatasetConfig, split: str, index: int) -> dict[str, Any]:
     """One verl RL row for ``record``."""
-    truth = ground_truth(record)
     return {
         "data_source": config.data_source,
         "prompt": build_messages(record, config.prompt_style),
         "ability": config.ability,
-        "reward_model": {"style": config.reward_style, "ground_truth": truth},
-        "extra_info": {"index": index, "split": split, "prompt_version": prompt_version(config.prompt_style), **truth, **_carry_extra(record.extra)},
+        "reward_model": reward_model(record, config.reward_style),
+        "extra_info": {"index": index, "split": split, "prompt_version": prompt_version(config.prompt_style),
+                       **ground_truth(record), **_carry_extra(record.extra)},
     }
 
 
@@ -119,30 +114,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    if not 0.0 <= args.val_fraction < 1.0:
-        build_parser().error("--val-fraction must be in [0, 1)")
-    if (args.tokenizer is None) != (args.max_prompt_tokens is None):
-        build_parser().error("--tokenizer and --max-prompt-tokens go together")
-    config = DatasetConfig(val_fraction=args.val_fraction, seed=args.seed, data_source=args.data_source,
-                           selling_point_separator=args.sp_separator, prompt_style=args.prompt_style)
+@dataclass(frozen=True)
+class BuildDatasetSettings:
+    """Everything one ``build_dataset`` run reads (one CLI flag each, see :func:`build_parser`)."""
 
+    output_dir: Path  # train.parquet, val.parquet, summary.json (and rejected.jsonl, overlong.jsonl) go here
+    input: Path = SAMPLE_RECORDS  # records file: .jsonl, .csv or .parquet
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # split, prompt style, verl columns
+    skip_invalid: bool = False  # list rejected rows in rejected.jsonl and go on, instead of exit 2
+    tokenizer: str | None = None  # with max_prompt_tokens: drop prompts longer than that
+    max_prompt_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dataset.val_fraction < 1.0:
+            raise ValueError("--val-fraction must be in [0, 1)")
+        if (self.tokenizer is None) != (self.max_prompt_tokens is None):
+            raise ValueError("--tokenizer and --max-prompt-tokens go together")
+
+
+def settings_from_args(args: argparse.Namespace) -> BuildDatasetSettings:
+    """The run settings of parsed CLI arguments; ValueError names the flag of a bad value."""
+    dataset = DatasetConfig(val_fraction=args.val_fraction, seed=args.seed, data_source=args.data_source,
+                            selling_point_separator=args.sp_separator, prompt_style=args.prompt_style)
+    return BuildDatasetSettings(output_dir=args.output_dir, input=args.input, dataset=dataset,
+                                skip_invalid=args.skip_invalid, tokenizer=args.tokenizer,
+                                max_prompt_tokens=args.max_prompt_tokens)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv`` and :func:`run` it; a bad flag value exits 2 with the usage (argparse's error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return run(settings)
+
+
+def run(settings: BuildDatasetSettings) -> dict[str, Any]:
+    """Read, validate and split the records, write the RL parquet files; returns the summary
+    (also written to ``summary.json``). Exit 2 (SystemExit) on an invalid row unless skip_invalid."""
+    config = settings.dataset
     records: list[AdRecord] = []
     rejected: list[dict[str, Any]] = []
     seen: set[str] = set()
     duplicates: list[str] = []
     rows_read = 0
     try:
-        rows = read_rows(args.input)
+        rows = read_rows(settings.input)
         for row_no, raw in tqdm(rows, desc="records", unit="row", disable=None):
             rows_read += 1
             try:
                 if isinstance(raw, RecordError):
                     raise raw
-                record = parse_record(raw, source=str(args.input), row=row_no, selling_point_separator=config.selling_point_separator)
+                record = parse_record(raw, source=str(settings.input), row=row_no, selling_point_separator=config.selling_point_separator)
             except RecordError as err:
-                handle_invalid(err, args.skip_invalid, rejected, raw)
+                handle_invalid(err, settings.skip_invalid, rejected, raw)
                 continue
             if record.id in seen:
                 duplicates.append(record.id)  # first occurrence wins
@@ -154,18 +182,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except FileNotFoundError:
         from data_prep.common import fail
 
-        fail(f"{args.input}: no such file")
+        fail(f"{settings.input}: no such file")
 
     overlong: list[dict[str, Any]] = []
-    if args.tokenizer:
+    if settings.tokenizer:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer)
         kept = []
         for record in tqdm(records, desc="prompt lengths", unit="prompt", disable=None):
             n = prompt_token_count(tokenizer, record, config.prompt_style)
-            if n > args.max_prompt_tokens:
-                overlong.append({"id": record.id, "prompt_tokens": n, "max_prompt_tokens": args.max_prompt_tokens})
+            if n > settings.max_prompt_tokens:
+                overlong.append({"id": record.id, "prompt_tokens": n, "max_prompt_tokens": settings.max_prompt_tokens})
             else:
                 kept.append(record)
         records = kept
@@ -176,18 +204,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         split = assign_split(record.id, config.seed, fractions)
         by_split[split].append(to_rl_row(record, config, split, len(by_split[split])))
 
-    out = args.output_dir
+    out = settings.output_dir
     mixed = unify_extra_types(by_split["train"] + by_split["val"])
     for split, rows in by_split.items():
         write_parquet(rows, out / f"{split}.parquet")
-    if args.skip_invalid:
+    if settings.skip_invalid:
         write_jsonl(rejected, out / "rejected.jsonl")
     if overlong:
         write_jsonl(overlong, out / "overlong.jsonl")
 
     languages = Counter(r.language for r in records)
     summary = {
-        "input": str(args.input),
+        "input": str(settings.input),
         "prompt_style": config.prompt_style,
         "rows_read": rows_read,
         "written": {split: len(rows) for split, rows in by_split.items()},
@@ -199,13 +227,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "outputs": {split: str(out / f"{split}.parquet") for split in by_split},
     }
     write_json(summary, out / "summary.json")
-    print(f"build_dataset: {args.input}")
+    print(f"build_dataset: {settings.input}")
     print(f"  rows read      {rows_read}")
     print(f"  written        train {summary['written']['train']}, val {summary['written']['val']}  ({', '.join(f'{k} {v}' for k, v in summary['languages'].items())})")
-    print(f"  rejected       {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if args.skip_invalid else ""))
+    print(f"  rejected       {len(rejected)}" + (f"  -> {out / 'rejected.jsonl'}" if settings.skip_invalid else ""))
     print(f"  duplicates     {len(duplicates)}" + (f"  (ids: {', '.join(duplicates[:5])}{' ...' if len(duplicates) > 5 else ''})" if duplicates else ""))
-    if args.tokenizer:
-        print(f"  overlong       {len(overlong)} prompts over {args.max_prompt_tokens} tokens" + (f"  -> {out / 'overlong.jsonl'}" if overlong else ""))
+    if settings.tokenizer:
+        print(f"  overlong       {len(overlong)} prompts over {settings.max_prompt_tokens} tokens" + (f"  -> {out / 'overlong.jsonl'}" if overlong else ""))
     if mixed:
         print(f"  note           extra columns with mixed types stored as text: {', '.join(mixed)}")
     print(f"  outputs        {out / 'train.parquet'}, {out / 'val.parquet'}")

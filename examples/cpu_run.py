@@ -20,14 +20,15 @@ from pathlib import Path
 from data_prep.config import SAMPLE_RECORDS
 from examples.demo import FULL, SMOKE, Layout, build_stages, starting_model_dir
 from examples.stages import run_stages
+from relate_common import metric_names
 
 POLICIES = ("smollm2", "tiny", "testbed")
 PREPARE_STAGES = ("rl-dataset", "impression-logs", "ctcvr-tables", "ctcvr-scorer", "starting-model")
 OVERRIDES_FILE = "overrides.txt"
 # Columns of the summary: verl's names, then every per-component reward mean and penalised-token
 # count of ours (recipe/relate/reward_manager.py, relate_trainer.py), then verl's timing.
-SUMMARY_FIRST = ("critic/score/mean", "response_length/mean", "actor/pg_loss", "training/rollout_probs_diff_max")
-SUMMARY_PREFIXES = ("relate/reward/", "relate/penalised_tokens/")
+SUMMARY_FIRST = (metric_names.SCORE_MEAN, "response_length/mean", "actor/pg_loss", "training/rollout_probs_diff_max")
+SUMMARY_PREFIXES = (metric_names.REWARD_PREFIX, metric_names.PENALISED_TOKENS_PREFIX)
 SUMMARY_LAST = ("timing_s/step",)
 
 

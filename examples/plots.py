@@ -6,7 +6,8 @@ step did not log is absent, never zero.
 
     from examples.plots import plot_curves, seed_bands
     rows = {"Model 1": seed_bands([rows_seed1, rows_seed2], keys)[0], ...}
-    plot_curves(rows, [("critic/score/mean", "mean sentence reward r_i")], "curves.png", "Training reward")
+    from relate_common.metric_names import SCORE_MEAN   # every metric name: relate_common.metric_names
+    plot_curves(rows, [(SCORE_MEAN, "mean sentence reward r_i")], "curves.png", "Training reward")
 """
 
 from __future__ import annotations

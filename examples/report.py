@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relate_common import metric_names
 from relate_common.jsonio import write_text_atomic
 
 REWARD_CURVES = "reward_curves.png"
@@ -37,9 +38,6 @@ PLOT_FILES = (REWARD_CURVES, SCORER_RELIABILITY)
 EVALUATION_SECTIONS = ("Table 1", "Table 3", "Predicted vs simulated")
 SFT_LOSS, SFT_VAL_LOSS = "train/loss", "val/loss"
 FORMAT_METRIC = "format_ok_rate"  # recipe.relate.evaluate's share of format-valid responses
-TOTAL_SCORE = "critic/score/mean"
-COMPONENT_PREFIX = "relate/reward/"
-DIVERSITY_SCORE = "relate/diversity_score/mean"
 N_EXAMPLES = 3
 
 
@@ -148,15 +146,15 @@ def curve_metrics(rows: list[dict[str, float]]) -> list[tuple[str, str]]:
     from reward_fns.config import COMPONENTS
 
     logged = {k for r in rows for k in r}
-    components = sorted((k for k in logged if k.startswith(COMPONENT_PREFIX)),
-                        key=lambda k: (COMPONENTS.index(k[len(COMPONENT_PREFIX):])
-                                       if k[len(COMPONENT_PREFIX):] in COMPONENTS else len(COMPONENTS), k))
+    components = sorted((k for k in logged if metric_names.component_of(k) is not None),
+                        key=lambda k: (COMPONENTS.index(metric_names.component_of(k))
+                                       if metric_names.component_of(k) in COMPONENTS else len(COMPONENTS), k))
     if not components:
-        raise ReportError(f"the training log has no {COMPONENT_PREFIX}<component> metrics: not a RELATE run")
-    metrics = [(TOTAL_SCORE, "total sentence reward (r_i)")] if TOTAL_SCORE in logged else []
-    metrics += [(k, f"{k[len(COMPONENT_PREFIX):]} reward") for k in components]
-    if COMPONENT_PREFIX + "diversity" not in logged and DIVERSITY_SCORE in logged:
-        metrics.append((DIVERSITY_SCORE, "diversity score (eq. 4; token-level credit)"))
+        raise ReportError(f"the training log has no {metric_names.REWARD_PREFIX}<component> metrics: not a RELATE run")
+    metrics = [(metric_names.SCORE_MEAN, "total sentence reward (r_i)")] if metric_names.SCORE_MEAN in logged else []
+    metrics += [(k, f"{metric_names.component_of(k)} reward") for k in components]
+    if metric_names.reward_metric("diversity") not in logged and metric_names.DIVERSITY_SCORE_MEAN in logged:
+        metrics.append((metric_names.DIVERSITY_SCORE_MEAN, "diversity score (eq. 4; token-level credit)"))
     return metrics
 
 
@@ -178,10 +176,6 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     return format(x, spec)
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * x:+.2f}%"
 
 
 def _fence(text: str) -> str:

@@ -41,6 +41,7 @@ Call patterns (the same code serves both):
 
 from reward_fns.attribution import decode_batch_with_offsets, decode_with_offsets, spans_to_token_mask, token_penalty
 from reward_fns.compose import (
+    COMPONENTS,
     BatchCredit,
     BatchScores,
     RewardContext,
@@ -53,7 +54,7 @@ from reward_fns.compose import (
     score_samples,
     sentence_reward,
 )
-from reward_fns.config import COMPONENTS, PRESETS, ConfigError, RewardConfig, preset
+from reward_fns.config import PRESETS, ConfigError, RewardConfig, preset
 from reward_fns.ngram_stats import NgramStats, batch_ngram_statistics
 from reward_fns.metrics import table1, table3
 from reward_fns.types import ComponentScore, Trigger

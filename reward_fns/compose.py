@@ -16,7 +16,8 @@ training sees.
 
 Components: each is one function registered by name (:func:`register_reward_component`, as
 verl registers advantage estimators); both call patterns compute the wanted ones in registry
-order, so adding a component is one decorated function (and its name in config.COMPONENTS).
+order, which is the paper's (``COMPONENTS`` is derived from the registry), so adding a component is
+one decorated function.
 
 Sentence reward: ``sum_k w_k * c_k`` over the preset's sentence-level components with a value
 (``risk_judge`` has none without a judge). Ranges: length, format, relevance, correctness,
@@ -32,10 +33,11 @@ from typing import Any
 
 import numpy as np
 from relate_common.ad_format import ParsedAd, parse_ad
+from relate_common.metric_names import EXTRA_INFO_PREFIX
 from relate_common.records import AdRecord
 
 from reward_fns.attribution import pad_batch
-from reward_fns.config import COMPONENTS, RewardConfig, resolve_config
+from reward_fns.config import RewardConfig, resolve_config
 from reward_fns.correctness import correctness_reward, offline_correctness
 from reward_fns.credit import BatchCredit, batch_credit
 from reward_fns.ctcvr import ctcvr_reward
@@ -139,7 +141,8 @@ RewardComponentFn = Callable[[ComponentInputs], list[ComponentScore | None]]
 
 # As verl's ADV_ESTIMATOR_REGISTRY / register_adv_est / get_adv_estimator_fn
 # (verl 0.9.1, verl/trainer/ppo/core_algos.py:113-150). Registration order is computation order, and so the
-# order of every score's ``components``.
+# order of every score's ``components`` and of ``COMPONENTS``: the components below are registered in the
+# paper's order.
 REWARD_COMPONENT_REGISTRY: dict[str, RewardComponentFn] = {}
 BATCH_LEVEL_COMPONENTS: set[str] = set()  # read ``ComponentInputs.credit``: only score_batch has it
 
@@ -185,18 +188,6 @@ def _compute_components(x: ComponentInputs, batch_level: bool) -> list[dict[str,
     return comps
 
 
-@register_reward_component("ctcvr")
-def _score_ctcvr(x: ComponentInputs) -> list[ComponentScore | None]:
-    """Sec. 3.3.3, (0, 1); skipped, not invented, without a prediction unless the preset weights it."""
-    n = len(x.records)
-    if x.predicted_ctcvr is None:
-        if "ctcvr" in x.cfg.weights:
-            raise ValueError(f"preset '{x.cfg.preset}' weights ctcvr: pass predicted_ctcvr (and reference_ctcvr)")
-        return [None] * n
-    refs = list(x.reference_ctcvr) if x.reference_ctcvr is not None else [None] * n
-    return [ctcvr_reward(float(x.predicted_ctcvr[i]), refs[i], x.cfg.ctcvr) for i in range(n)]
-
-
 @register_reward_component("length")
 def _score_length(x: ComponentInputs) -> list[ComponentScore | None]:
     """Sec. 3.3.1, [0, 1]."""
@@ -210,6 +201,30 @@ def _score_length(x: ComponentInputs) -> list[ComponentScore | None]:
 def _score_format(x: ComponentInputs) -> list[ComponentScore | None]:
     """Sec. 3.3.1, [0, 1]."""
     return [format_reward(t, p, r.selling_points, x.cfg.format) for t, p, r in zip(x.responses, x.parsed, x.records)]
+
+
+@register_reward_component("ctcvr")
+def _score_ctcvr(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Sec. 3.3.3, (0, 1); skipped, not invented, without a prediction unless the preset weights it."""
+    n = len(x.records)
+    if x.predicted_ctcvr is None:
+        if "ctcvr" in x.cfg.weights:
+            raise ValueError(f"preset '{x.cfg.preset}' weights ctcvr: pass predicted_ctcvr (and reference_ctcvr)")
+        return [None] * n
+    refs = list(x.reference_ctcvr) if x.reference_ctcvr is not None else [None] * n
+    return [ctcvr_reward(float(x.predicted_ctcvr[i]), refs[i], x.cfg.ctcvr) for i in range(n)]
+
+
+@register_reward_component("diversity", batch_level=True)
+def _score_diversity(x: ComponentInputs) -> list[ComponentScore | None]:
+    """Eq. 4, [floor, 0], from the batch's G_high (``x.credit``); its occurrences are the triggers."""
+    c = x.credit
+    out: list[ComponentScore | None] = []
+    for b, text in enumerate(x.responses):
+        trig = [Trigger("high_freq_ngram", text[a:e][:40], (a, e)) for a, e in c.diversity_spans[b]]
+        detail = {"count": int(c.stats.count[b]), "score": round(float(c.stats.diversity_score[b]), 6)}
+        out.append(ComponentScore("diversity", float(c.diversity_penalty[b]), trig, detail))
+    return out
 
 
 @register_reward_component("relevance")
@@ -247,16 +262,9 @@ def _score_risk_judge(x: ComponentInputs) -> list[ComponentScore | None]:
     ]
 
 
-@register_reward_component("diversity", batch_level=True)
-def _score_diversity(x: ComponentInputs) -> list[ComponentScore | None]:
-    """Eq. 4, [floor, 0], from the batch's G_high (``x.credit``); its occurrences are the triggers."""
-    c = x.credit
-    out: list[ComponentScore | None] = []
-    for b, text in enumerate(x.responses):
-        trig = [Trigger("high_freq_ngram", text[a:e][:40], (a, e)) for a, e in c.diversity_spans[b]]
-        detail = {"count": int(c.stats.count[b]), "score": round(float(c.stats.diversity_score[b]), 6)}
-        out.append(ComponentScore("diversity", float(c.diversity_penalty[b]), trig, detail))
-    return out
+# The component names in the paper's order (sec. 3.3: structural, CTCVR, diversity, semantic), which is the
+# registration order above; ``reward_fns.config`` validates ``relate.weights`` against it.
+COMPONENTS: tuple[str, ...] = tuple(REWARD_COMPONENT_REGISTRY)
 
 
 # ---- per sample ---------------------------------------------------------------------------------
@@ -280,7 +288,7 @@ class SampleScore:
 
     def extra_info(self) -> dict[str, float]:
         """Float scalars only (NaN = not computed), as verl stacks reward_extra_info with np.array."""
-        out = {f"reward_{c}": (float("nan") if v is None else float(v)) for c, v in self.values().items()}
+        out = {f"{EXTRA_INFO_PREFIX}{c}": (float("nan") if v is None else float(v)) for c, v in self.values().items()}
         out["compliant"] = float(self.compliant)
         out["judge_failed"] = float(self.judge is not None and self.judge.failed)
         return out

@@ -24,15 +24,25 @@ from typing import Any
 
 from relate_common.ad_format import LENGTH_LIMITS
 
-# Component names, in the order the paper introduces them (sec. 3.3).
-STRUCTURAL = ("length", "format")
-SEMANTIC = ("relevance", "correctness", "risk_blacklist", "risk_judge")
-COMPONENTS = STRUCTURAL + ("ctcvr", "diversity") + SEMANTIC
 # Components that can be moved to token level (eq. 5): blacklist spans and G_high occurrences are
 # attributable to the tokens that produced them; nothing else is (sec. 3.4.1).
 TOKEN_LEVEL_CAPABLE = ("diversity", "risk_blacklist")
-LANGUAGES = ("zh", "en")
 FIELDS = ("title", "description")
+
+
+def components() -> tuple[str, ...]:
+    """The reward component names, in the paper's order (sec. 3.3): ``reward_fns.compose.COMPONENTS``,
+    derived from its registry. Imported here at call time because compose imports this module."""
+    from reward_fns.compose import COMPONENTS
+
+    return COMPONENTS
+
+
+def __getattr__(name: str) -> Any:
+    """``reward_fns.config.COMPONENTS`` (see :func:`components`), resolved on first use."""
+    if name == "COMPONENTS":
+        return components()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -122,7 +132,10 @@ class RelevanceConfig:
     # an encoder alone rewards only loosely.
     semantic_weight: float = 0.7
     lexical_weight: float = 0.3
-    # Folder for an on-disk embedding cache (ctcvr_model.encoders.CachedEncoder); None: memory only.
+    # Folder for an on-disk embedding cache (sqlite, ctcvr_model.encoders.CachedEncoder); None: memory only.
+    # ours: a record's query, bidword and selling points are encoded for each of its G = 5 responses and
+    # again every epoch; cached, once. One file per node (sqlite's WAL needs a local file system, not NFS):
+    # the GPU scripts set an absolute node-local folder (RELEVANCE_CACHE_DIR).
     cache_dir: str | None = None
 
 
@@ -260,11 +273,11 @@ class RewardConfig:
     # ---- queries --------------------------------------------------------------------------
     def sentence_components(self) -> list[str]:
         """Components summed into the sentence reward (weighted, not routed to token level)."""
-        return [c for c in COMPONENTS if c in self.weights and c not in self.token_level]
+        return [c for c in components() if c in self.weights and c not in self.token_level]
 
     def active_components(self) -> list[str]:
         """Components this preset needs computed (sentence- or token-level)."""
-        return [c for c in COMPONENTS if c in self.weights]
+        return [c for c in components() if c in self.weights]
 
     def is_token_level(self, component: str) -> bool:
         return component in self.token_level
@@ -318,9 +331,10 @@ class RewardConfig:
     # ---- validation ---------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise :class:`ConfigError` on any value that would make a reward meaningless."""
+        known = components()
         for name, w in self.weights.items():
-            if name not in COMPONENTS:
-                raise ConfigError(f"relate.weights.{name}: unknown component (known: {', '.join(COMPONENTS)})")
+            if name not in known:
+                raise ConfigError(f"relate.weights.{name}: unknown component (known: {', '.join(known)})")
             if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
                 raise ConfigError(f"relate.weights.{name}: must be a finite number >= 0, got {w!r}")
         for name in self.token_level:

@@ -60,33 +60,49 @@ def reference_ad(record: Any) -> tuple[str, str] | None:
     return (record.title, record.description) if record.title and record.description else None
 
 
+def reference_or_fallback(ref: float | None, cfg: CTCVRConfig, record_id: str | None = None) -> float:
+    """``ref``, or :func:`fallback_reference` when there is none: the one fallback of every caller."""
+    return fallback_reference(cfg, record_id) if ref is None else float(ref)
+
+
+# The one reference rule. Reference pCTCVR of a generated ad: its own prediction when the row IS the
+# record's reference ad (e.g. a baseline set of reference ads); else the scorer's prediction of the
+# record's reference ad (scored once per record id and cached, so a trainer scores each reference ad
+# once per run); else :func:`fallback_reference`. Batch callers use :func:`predict_with_reference`;
+# the verl reward manager, one sample at a time, calls the two halves below around its own scorer.
+def references_to_score(records: list[Any], is_reference: list[bool], cache: dict[str, float]) -> dict[str, Any]:
+    """{record id: record} of the reference ads the rows need scored (not own, not cached, present)."""
+    return {rec.id: rec for rec, own in zip(records, is_reference)
+            if not own and rec.id not in cache and reference_ad(rec)}
+
+
+def reference_of(record: Any, own_pred: float, is_reference: bool, cache: dict[str, float], cfg: CTCVRConfig) -> float:
+    """The reference pCTCVR of one row once :func:`references_to_score`'s ads are in ``cache``."""
+    if is_reference:
+        return float(own_pred)
+    return reference_or_fallback(cache.get(record.id), cfg, record.id)
+
+
 def predict_with_reference(scorer: Any, records: list[Any], parsed: list[Any], is_reference: list[bool],
                            cfg: CTCVRConfig, cache: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(predicted pCTCVR (N,), reference pCTCVR (N,)) of N generated ads (``parsed``: their
-    ``relate_common.ad_format.ParsedAd``, parsed once by the caller): the one reference rule.
-
-    Reference of row i: its own prediction when the row IS the record's reference ad
-    (``is_reference[i]``, e.g. a baseline set of reference ads); else the scorer's prediction of the
-    record's reference ad (scored once per record id, kept in ``cache`` when one is given, so a
-    trainer scores each reference ad once per run); else :func:`fallback_reference`.
+    ``relate_common.ad_format.ParsedAd``, parsed once by the caller) under the reference rule above;
+    ``cache`` (record id -> reference pCTCVR) is filled when one is given.
     """
     _, pred = scorer.score([scorer_item(rec, p.title, p.description) for rec, p in zip(records, parsed)])
     pred = np.asarray(pred, dtype=np.float64)
     by_id = {} if cache is None else cache
-    todo = {rec.id: rec for rec, own in zip(records, is_reference)
-            if not own and rec.id not in by_id and reference_ad(rec)}
+    todo = references_to_score(records, is_reference, by_id)
     if todo:
         _, ref_pred = scorer.score([scorer_item(r, *reference_ad(r)) for r in todo.values()])
         by_id.update({rid: float(p) for rid, p in zip(todo, ref_pred)})
-    ref = [float(pred[i]) if own else by_id[rec.id] if rec.id in by_id else fallback_reference(cfg, rec.id)
-           for i, (rec, own) in enumerate(zip(records, is_reference))]
+    ref = [reference_of(rec, pred[i], own, by_id, cfg) for i, (rec, own) in enumerate(zip(records, is_reference))]
     return pred, np.asarray(ref, dtype=np.float64)
 
 
 def ctcvr_reward(pred: float, ref: float | None, cfg: CTCVRConfig) -> ComponentScore:
-    """CTCVR component for one response (see module docstring); ``ref`` None: :func:`fallback_reference`."""
-    if ref is None:
-        ref = fallback_reference(cfg)
+    """CTCVR component for one response (see module docstring); ``ref`` None: :func:`reference_or_fallback`."""
+    ref = reference_or_fallback(ref, cfg)
     value = float(ctcvr_reward_values(pred, ref, cfg))
     lr = float(log_ratio(pred, ref, cfg.eps))
     triggers = [Trigger("below_reference", f"pred {pred:.3g} < ref {ref:.3g}")] if lr < 0 else []

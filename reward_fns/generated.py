@@ -25,6 +25,7 @@ from typing import Any
 
 from relate_common.ad_format import render_ad
 from relate_common.records import AdRecord, RecordError, is_missing, parse_record, read_rows
+from relate_common.rl_row import ground_truth_of
 
 AD_FIELDS = ("title", "description")
 
@@ -45,14 +46,6 @@ class GeneratedAds:
         return len(self.records)
 
 
-def _record_fields_of(raw: dict[str, Any]) -> dict[str, Any]:
-    """A records-file row as plain record fields (an RL-parquet row: its ground truth)."""
-    reward_model = raw.get("reward_model")
-    if isinstance(reward_model, dict) and isinstance(reward_model.get("ground_truth"), dict):
-        return dict(reward_model["ground_truth"])
-    return raw
-
-
 def load_records_index(path: str) -> dict[str, dict[str, Any]]:
     """{record id: raw record fields} from a records file or the RL parquet of ``build_dataset``.
 
@@ -62,7 +55,7 @@ def load_records_index(path: str) -> dict[str, dict[str, Any]]:
     for row_no, raw in read_rows(path):
         if isinstance(raw, RecordError):
             raise raw
-        fields = _record_fields_of(raw)
+        fields = ground_truth_of(raw) or raw  # an RL-parquet row: its ground truth
         rec = parse_record(fields, source=str(path), row=row_no)
         if rec.id in index:
             raise RecordError(str(path), row_no, "id", f"duplicate record id '{rec.id}'")

@@ -27,10 +27,12 @@ Exit codes: 0 ok; 2 invalid input (the message names the row and the field), unl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import Counter
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +46,31 @@ from reward_fns.generated import GeneratedAds, read_generated
 from reward_fns.metrics import format_summary, table1, table3
 
 
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Everything one scoring run reads; each field is the CLI flag ``--<name with dashes>``."""
+
+    input: str = field(metadata={"help": "generated ads: .jsonl, .csv or .parquet"})
+    output: str = field(metadata={"help": "scored rows, JSONL"})
+    preset: str | None = field(default=None, metadata={"help": "model1 | model2 | model3 | model4 | relate (default: relate)"})
+    config: str | None = field(default=None, metadata={"help": "reward config YAML (a 'relate:' section or its content)"})
+    ctcvr_model: str | None = field(default=None, metadata={"help": "ctcvr_model directory; CTCVR is n/a without it"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder (default: SmolLM2-135M-Instruct's)"})
+    summary_json: str | None = field(default=None, metadata={"help": "write the Table 1 / Table 3 summary here"})
+    skip_invalid: bool = field(default=False, metadata={"help": "skip invalid rows instead of exiting with 2"})
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    """One flag per :class:`ScoreSettings` field: required without a default, a switch for a bool."""
     p = argparse.ArgumentParser(prog="python -m reward_fns.score", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="generated ads: .jsonl, .csv or .parquet")
-    p.add_argument("--output", required=True, help="scored rows, JSONL")
-    p.add_argument("--preset", default=None, help="model1 | model2 | model3 | model4 | relate (default: relate)")
-    p.add_argument("--config", default=None, help="reward config YAML (a 'relate:' section or its content)")
-    p.add_argument("--ctcvr-model", default=None, help="ctcvr_model directory; CTCVR is n/a without it")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: SmolLM2-135M-Instruct's)")
-    p.add_argument("--summary-json", default=None, help="write the Table 1 / Table 3 summary here")
-    p.add_argument("--skip-invalid", action="store_true", help="skip invalid rows instead of exiting with 2")
+    for f in dataclasses.fields(ScoreSettings):
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.default is dataclasses.MISSING:
+            p.add_argument(flag, required=True, help=text)
+        elif f.type in (bool, "bool"):
+            p.add_argument(flag, action="store_true", help=text)
+        else:
+            p.add_argument(flag, default=f.default, help=text)
     return p
 
 
@@ -75,15 +92,20 @@ def _ctcvr(model_dir: str | None, ads: GeneratedAds, cfg: RewardConfig) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Parse ``argv`` into :class:`ScoreSettings` and :func:`run` them."""
+    return run(ScoreSettings(**vars(_build_parser().parse_args(argv))))
+
+
+def run(settings: ScoreSettings) -> int:
+    """Score ``settings.input``, write the scored rows (and the summary); 0, or 2 on invalid input."""
     t0 = time.time()
     try:
-        cfg = load_cli_config(args.config, args.preset)
+        cfg = load_cli_config(settings.config, settings.preset)
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        ads = read_generated(args.input, skip_invalid=args.skip_invalid)
+        ads = read_generated(settings.input, skip_invalid=settings.skip_invalid)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -95,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from reward_fns.compose import RewardContext, score_batch
 
-    tok_dir = args.tokenizer
+    tok_dir = settings.tokenizer
     if tok_dir is None:
         from relate_common.assets import smollm2_tokenizer_dir
 
@@ -106,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     offsets = [e["offset_mapping"] for e in enc]
 
     try:
-        pred, ref, ctcvr_note = _ctcvr(args.ctcvr_model, ads, cfg)
+        pred, ref, ctcvr_note = _ctcvr(settings.ctcvr_model, ads, cfg)
     except MissingReference as e:
-        print(f"error: {args.input}: {e}", file=sys.stderr)
+        print(f"error: {settings.input}: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a model directory the user named but that cannot be used
-        print(f"error: --ctcvr-model {args.ctcvr_model}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: --ctcvr-model {settings.ctcvr_model}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     ctx = RewardContext.build(cfg, tokenizer=tokenizer)
     if pred is None and "ctcvr" in cfg.weights:
@@ -125,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         predicted_ctcvr=pred, reference_ctcvr=ref_list, compute="all",
     )
 
-    out_path = Path(args.output)
+    out_path = Path(settings.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", encoding="utf-8") as f:
         for raw, resp, s, p in zip(raws, responses, scores.responses, (pred if pred is not None else [None] * len(raws))):
@@ -165,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     templates = [{"text": t, "responses": c} for t, c in runs.most_common(10)]
     summary = {
-        "input": str(args.input),
+        "input": str(settings.input),
         "n": len(records),
         "rejected": [e.to_json() for e in rejected],
         "preset": cfg.preset,
@@ -178,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         "mean_sentence_reward": float(np.mean([s.sentence_reward for s in scores.responses])),
         "seconds": round(time.time() - t0, 2),
     }
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(jsonable(summary), ensure_ascii=False, indent=2), encoding="utf-8")
-    print(format_summary(Path(args.input).name, t1, t3, len(records), by_lang))
+    if settings.summary_json:
+        Path(settings.summary_json).write_text(json.dumps(jsonable(summary), ensure_ascii=False, indent=2), encoding="utf-8")
+    print(format_summary(Path(settings.input).name, t1, t3, len(records), by_lang))
     print(f"\nCTCVR: {ctcvr_note}")
     print(f"G_high: {summary['diversity']['high_freq_ngrams']} n-grams used by >= {stats.threshold} of {stats.n_groups} groups")
     for t in templates[:5]:

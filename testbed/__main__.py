@@ -93,7 +93,8 @@ def run_build(run: BuildRun) -> int:
 
 
 def run_probe(run: ProbeRun) -> int:
-    from recipe.relate.generate import load_policy, read_prompts
+    from recipe.relate.generate import load_policy
+    from relate_common.rl_row import read_rl_parquet
     from relate_common.jsonio import write_json
     from relate_common.records import RecordError
     from testbed.probe import format_probe, probe_rows, sample_ads
@@ -105,12 +106,12 @@ def run_probe(run: ProbeRun) -> int:
         print(f"error: --model {run.model}: not a model folder", file=sys.stderr)
         return 2
     try:
-        prompts = read_prompts(str(run.data))
+        rows = read_rl_parquet(run.data)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, tokenizer = load_policy(str(run.model), device="cpu")
-    messages, records = [m for m, _ in prompts], [r for _, r in prompts]
+    messages, records = [r.messages for r in rows], [r.record for r in rows]
     greedy = sample_ads(model, tokenizer, messages, n=1, temperature=0.0, max_new_tokens=run.max_new_tokens)
     sampled = sample_ads(model, tokenizer, messages, n=run.samples, temperature=1.0, max_new_tokens=run.max_new_tokens)
     figures = {"greedy": probe_rows(records, greedy), "sampled": probe_rows(records, sampled)}

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_prep import build_dataset
-from data_prep.config import SAMPLE_RECORDS
 from relate_common.ad_format import FIELD_LABELS, LENGTH_LIMITS
 from tests.helpers import record, write_csv, write_jsonl
 
@@ -259,3 +258,25 @@ def test_converter_never_crashes_on_odd_strings(tmp_path, query, bidword, point,
     assert summary["written"]["train"] == 1
     assert row["reward_model"]["ground_truth"]["query"] == query.strip()
     assert row["reward_model"]["ground_truth"]["language"] in ("zh", "en")
+
+
+def test_run_with_settings_equals_main_with_argv(tmp_path, capsys):
+    from data_prep.config import DatasetConfig
+
+    path = write_jsonl(tmp_path / "ads.jsonl", [record(i) for i in range(6)])
+    out = tmp_path / "o"
+    by_main = build_dataset.main(["--input", str(path), "--output-dir", str(out), "--val-fraction", "0.5",
+                                  "--seed", "3", "--prompt-style", "compact"])
+    tables_main = {s: pd.read_parquet(out / f"{s}.parquet") for s in ("train", "val")}
+    printed_main = capsys.readouterr().out
+    settings = build_dataset.BuildDatasetSettings(
+        output_dir=out, input=path, dataset=DatasetConfig(val_fraction=0.5, seed=3, prompt_style="compact"))
+    by_run = build_dataset.run(settings)
+    assert by_run == by_main and capsys.readouterr().out == printed_main
+    for split, table in tables_main.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{split}.parquet"), table)
+    with pytest.raises(ValueError, match="--val-fraction"):
+        build_dataset.BuildDatasetSettings(output_dir=out, dataset=DatasetConfig(val_fraction=1.0))
+    with pytest.raises(SystemExit) as err:
+        build_dataset.main(["--output-dir", str(out), "--val-fraction", "1"])
+    assert err.value.code == 2 and "--val-fraction must be in [0, 1)" in capsys.readouterr().err

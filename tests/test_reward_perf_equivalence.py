@@ -879,7 +879,6 @@ def test_batch_credit_equals_reference_on_generated_ids(tokenizer):
     of the selling points), generated ids with <|im_end|> and padding, decoded with offsets,
     records as ground-truth dicts."""
     recs = sample_records()
-    rng = np.random.default_rng(0)
     tails = {"en": ["", " Book now.", " Free shipping on all orders.", " The best choice, guaranteed.", " Call now."],
              "zh": ["", "立即咨询了解详情。", "全国包邮，限时优惠。", "最好的选择，100%满意。", "欢迎来电咨询。"]}
     texts, prompts, groups = [], [], []

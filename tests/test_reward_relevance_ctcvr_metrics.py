@@ -117,6 +117,35 @@ def test_ctcvr_needs_a_reference():
     assert ctcvr_reward(0.01, None, CTCVRConfig(fallback_reference=0.01)).value == pytest.approx(0.5)
 
 
+def test_per_sample_reference_rule_is_the_batch_rule():
+    """score_one (the verl reward manager, one sample at a time) and predict_with_reference (the CLIs) use the
+    same two halves of reward_fns.ctcvr's reference rule: own ad, the record's scored reference ad, fallback."""
+    from reward_fns.ctcvr import predict_with_reference, reference_of, references_to_score
+
+    class Scorer:  # pCTCVR = 1e-3 x (title length), enough to tell the ads apart
+        def score(self, items):
+            return None, [1e-3 * len(it["title"]) for it in items]
+
+    def rec(rid, title="", description=""):
+        return AdRecord(id=rid, query="q", bidword="b", selling_points=["s"], language="en", title=title,
+                        description=description)
+
+    records = [rec("a", "Ref A", "Desc A"), rec("a", "Ref A", "Desc A"), rec("b"), rec("c", "Own", "Own ad")]
+    parsed = [parse_ad(render_ad(t, "d", "en")) for t in ("x", "yy", "zzz", "Own")]
+    own = [False, False, False, True]
+    cfg = CTCVRConfig(fallback_reference=0.007)
+    cache: dict[str, float] = {}
+    pred, ref = predict_with_reference(Scorer(), records, parsed, own, cfg, cache)
+    assert ref.tolist() == pytest.approx([5e-3, 5e-3, 0.007, pred[3]]) and cache == pytest.approx({"a": 5e-3})
+    per_sample: dict[str, float] = {}
+    for i, (r, is_own) in enumerate(zip(records, own)):
+        for rid, todo in references_to_score([r], [is_own], per_sample).items():
+            per_sample[rid] = Scorer().score([{"title": todo.title}])[1][0]
+        assert reference_of(r, pred[i], is_own, per_sample, cfg) == pytest.approx(ref[i])
+    with pytest.raises(ValueError, match="record 'b' has no reference ad"):
+        reference_of(records[2], pred[2], False, per_sample, CTCVRConfig())
+
+
 def test_load_ctcvr_scorer_uses_ctcvr_model_when_present(tmp_path):
     # The directory is empty: ctcvr_model's loader must say what is wrong, not return nonsense.
     try:

@@ -143,3 +143,26 @@ def test_cli_as_a_module_with_a_config_file(tmp_path, tokenizer_dir):
     bad = subprocess.run([sys.executable, "-m", "reward_fns.score", "--input", str(inp), "--output", str(out),
                           "--preset", "model9"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "model9" in bad.stderr
+
+
+def test_run_with_settings_equals_main_with_argv(tmp_path, tokenizer_dir, fake_encoder, capsys):
+    from reward_fns.score import ScoreSettings, run
+
+    inp = write(tmp_path / "gen.jsonl", ROWS)
+    outs = {}
+    for how in ("main", "run"):
+        out, summ = tmp_path / f"{how}.jsonl", tmp_path / f"{how}.json"
+        if how == "main":
+            rc = main(["--input", str(inp), "--output", str(out), "--summary-json", str(summ), "--preset", "model3",
+                       "--tokenizer", str(tokenizer_dir)])
+        else:
+            rc = run(ScoreSettings(input=str(inp), output=str(out), summary_json=str(summ), preset="model3",
+                                   tokenizer=str(tokenizer_dir)))
+        summary = json.loads(summ.read_text(encoding="utf-8"))
+        summary.pop("seconds")
+        outs[how] = (rc, out.read_text(encoding="utf-8"), summary, capsys.readouterr().out.split("\nwrote ")[0])
+    assert outs["run"] == outs["main"] and outs["run"][0] == 0
+    # a bad input: the same exit code both ways
+    bad = write(tmp_path / "bad.jsonl", [{"id": "x"}])
+    assert run(ScoreSettings(input=str(bad), output=str(tmp_path / "b.jsonl"))) == 2
+    assert main(["--input", str(bad), "--output", str(tmp_path / "b.jsonl")]) == 2

@@ -50,6 +50,7 @@ from typing import Any
 
 import examples.demo as demo
 import examples.verl_jobs as verl_jobs
+from relate_common import metric_names
 from data_prep.config import SAMPLE_RECORDS
 from examples.ablation import table3 as t3
 from examples.cli import override_at_least
@@ -64,15 +65,16 @@ DEFAULT_OUTPUT = Path("outputs/ablation")
 SMOKE_BASE = Path("outputs/demo-smoke")  # make demo-smoke's folder (Makefile DEMO_SMOKE_DIR)
 # Figure 3's panels: (metric of the training log, title). Diversity as the batch's eq. 4 score, which
 # every preset logs (as a reward it is sentence-level in Models 3-4 and token-level in RELATE).
-FIGURE3_METRICS = (("critic/score/mean", "sentence reward r_i (the preset's own)"),
-                   ("relate/reward/length", "length reward"), ("relate/reward/format", "format reward"),
-                   ("relate/reward/ctcvr", "CTCVR reward"), ("relate/diversity_score/mean", "diversity score (eq. 4)"),
-                   ("relate/reward/relevance", "relevance reward"), ("relate/reward/correctness", "correctness reward"),
-                   ("relate/reward/risk_blacklist", "risk (blacklist) reward"),
-                   ("relate/g_high_size", "|G_high| (high-frequency n-grams)"))
-G_HIGH = "relate/g_high_size"
-PENALISED = "relate/penalised_tokens/diversity"
-SCORE = "critic/score/mean"
+FIGURE3_METRICS = ((metric_names.SCORE_MEAN, "sentence reward r_i (the preset's own)"),
+                   *((metric_names.reward_metric(c), f"{label} reward")
+                     for c, label in (("length", "length"), ("format", "format"), ("ctcvr", "CTCVR"))),
+                   (metric_names.DIVERSITY_SCORE_MEAN, "diversity score (eq. 4)"),
+                   *((metric_names.reward_metric(c), f"{label} reward") for c, label in
+                     (("relevance", "relevance"), ("correctness", "correctness"), ("risk_blacklist", "risk (blacklist)"))),
+                   (metric_names.G_HIGH_SIZE, "|G_high| (high-frequency n-grams)"))
+G_HIGH = metric_names.G_HIGH_SIZE
+PENALISED = metric_names.PENALISED_TOKENS_DIVERSITY
+SCORE = metric_names.SCORE_MEAN
 
 
 @dataclass(frozen=True)

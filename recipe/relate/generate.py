@@ -6,7 +6,7 @@ generations that ``recipe.relate.evaluate`` scores (the demo, the CPU ablation, 
         [--limit K] [--seed 0] [--dtype auto] [--device cuda|cpu] [--threads T]
 
 Input: the verl RL parquet written by ``data_prep/build_dataset.py`` (columns ``prompt``: the
-chat messages, ``reward_model.ground_truth``: the record). Each prompt is rendered with the
+chat messages, ``reward_model.ground_truth``: the record), read by ``relate_common.rl_row``. Each prompt is rendered with the
 model's chat template (generation prompt added) and sampled ``N`` times with
 :func:`generate_responses` (below).
 
@@ -63,7 +63,8 @@ import torch
 from tqdm.auto import tqdm
 
 from relate_common.jsonio import write_jsonl
-from relate_common.records import AdRecord, RecordError, parse_record
+from relate_common.records import AdRecord, RecordError
+from relate_common.rl_row import ground_truth, read_rl_parquet
 from verl_cpu.sampling import generation_inputs
 
 # Per-batch seeds: seed * _SEED_STRIDE + batch index, so that seeds 0 and 1 share no batch seed.
@@ -241,9 +242,6 @@ def generate_responses(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence
 # ---- the CLI --------------------------------------------------------------------------------------
 
 
-GROUND_TRUTH_FIELDS = ("id", "query", "bidword", "selling_points", "language", "landing_page", "industry", "title", "description")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI (see the module docstring)."""
     p = argparse.ArgumentParser(
@@ -270,57 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _messages(value: Any, source: str, row: int) -> list[dict[str, str]]:
-    """The chat messages of one parquet row, validated."""
-    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise RecordError(source, row, "prompt", f"expected a list of chat messages, got {type(value).__name__}")
-    out = []
-    for i, m in enumerate(value):
-        if not hasattr(m, "get") or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise RecordError(source, row, "prompt", f"message {i} needs string 'role' and 'content'")
-        out.append({"role": m["role"], "content": m["content"]})
-    if not out:
-        raise RecordError(source, row, "prompt", "no messages")
-    return out
-
-
-def read_prompts(path: str, limit: int | None = None) -> list[tuple[list[dict[str, str]], AdRecord]]:
-    """(chat messages, record) per row of a verl RL parquet; RecordError names the bad row/field."""
-    import pyarrow.parquet as pq
-
-    source = str(path)
-    if not Path(path).is_file():
-        raise RecordError(source, 0, None, "file not found")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # not a parquet file
-        raise RecordError(source, 0, None, f"cannot read parquet: {type(e).__name__}: {e}") from e
-    for column in ("prompt", "reward_model"):
-        if column not in table.column_names:
-            raise RecordError(source, 0, column, "missing column (expected the RL parquet of data_prep/build_dataset.py)")
-    if limit is not None:
-        table = table.slice(0, max(0, limit))
-    rows = table.select(["prompt", "reward_model"]).to_pylist()
-    out = []
-    for row_no, row in enumerate(rows, start=1):
-        messages = _messages(row["prompt"], source, row_no)
-        truth = (row["reward_model"] or {}).get("ground_truth")
-        if not isinstance(truth, dict):
-            raise RecordError(source, row_no, "reward_model.ground_truth", "missing or not a record mapping")
-        try:
-            record = parse_record(truth, source=source, row=row_no)
-        except RecordError as e:
-            raise RecordError(source, row_no, f"reward_model.ground_truth.{e.field}", e.reason) from None
-        out.append((messages, record))
-    return out
-
-
 def output_rows(records: list[AdRecord], texts: list[list[str]], ids: list[list[list[int]]], stops: set[int],
                 model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The JSONL rows (see the module docstring), prompt-major, sample-minor."""
     rows = []
     for record, sample_texts, sample_ids in zip(records, texts, ids):
-        truth = {name: getattr(record, name) for name in GROUND_TRUTH_FIELDS}
+        truth = ground_truth(record)
         for s, (text, tok) in enumerate(zip(sample_texts, sample_ids)):
             rows.append({
                 **truth,
@@ -349,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --model {args.model}: not a model folder", file=sys.stderr)
         return 2
     try:
-        prompts = read_prompts(args.data, args.limit)
+        prompts = read_rl_parquet(args.data, args.limit)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -364,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model, tokenizer = load_policy(args.model, dtype=args.dtype, device=args.device)
     t_load = time.time() - t0
-    prompt_ids = render_prompts(tokenizer, [m for m, _ in prompts])
+    prompt_ids = render_prompts(tokenizer, [p.messages for p in prompts])
     t1 = time.time()
     ids = generate_responses(model, tokenizer, prompt_ids, args.n, temperature=args.temperature, top_p=args.top_p,
                              max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
@@ -377,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         texts.append([decoded[k + s][0] for s in range(len(per_prompt))])
         k += len(per_prompt)
     stops = set(stop_token_ids(model, tokenizer))
-    rows = output_rows([r for _, r in prompts], texts, ids, stops, args.model, args)
+    rows = output_rows([p.record for p in prompts], texts, ids, stops, args.model, args)
     write_jsonl(rows, args.output)
     n_tok = sum(r["n_tokens"] for r in rows)
     stopped = sum(r["finish_reason"] == "stop" for r in rows)

@@ -1,6 +1,12 @@
 """The Hydra ``relate:`` section: the reward config (``reward_fns.RewardConfig``: preset, weights,
 alpha, lambda1, lambda2, Delta_d, ...) plus the few keys only the verl recipe needs.
 
+Defaults live in the dataclasses only (``RecipeConfig`` below, ``reward_fns.config``): the package
+registers them with Hydra as the config ``relate_defaults`` (:func:`register_hydra_defaults`), which
+``config/relate_trainer.yaml`` lists first, so the yaml repeats none of them and every key of the section
+can still be overridden as ``relate.<section>.<key>=...`` (Hydra refuses to override a key the composed
+config lacks; ``weights`` and ``token_level`` come from the preset, add them with ``+relate.weights.<c>=``).
+
     relate:
       preset: relate              # model1 | model2 | model3 | model4 | relate  (paper Table 2)
       credit: {alpha: 1.0}        # any RewardConfig field, merged over the preset
@@ -16,8 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from reward_fns import RewardConfig
-
-from recipe.relate.relate_core_algos import SENTENCE_ESTIMATORS
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,8 @@ class RecipeConfig:
     # (verl's fixed default is 2.0 s, about 2 s per step); null keeps verl's value.
     replay_poll_interval_s: float | None = None
     # Device of the reward scorer (CTCVR net and its text encoder, the relevance encoders) where the
-    # reward is computed: verl's reward-loop workers reserve no GPU, so the verl run keeps it on "cpu"
-    # (recipe/relate/preflight.py refuses cuda there).
+    # reward is computed: verl's reward-loop workers reserve no GPU (reward_loop.py:308,324-340), so the verl
+    # run keeps it on "cpu" (recipe/relate/preflight.py refuses cuda there).
     scorer_device: str = "cpu"
     # Reward components computed per training sample: "active" (the preset's, the reward's cost) or
     # "all" (ours, for the ablation's Figure 3: every component is logged for every preset, so the
@@ -44,7 +48,8 @@ class RecipeConfig:
     # reward is the preset's either way (reward_fns.compose.sentence_reward sums only its weights).
     log_components: str = "active"
     # torch and BLAS threads of each reward-loop worker process (set once in RelateRewardManager.init_class);
-    # None leaves what Ray gave the actor: one thread (ray/_private/utils.py:256-271).
+    # None leaves what Ray gave the actor: one thread (ray/_private/utils.py:256-271). The GPU scripts size it
+    # and reward.num_workers from the node (examples/run_relate_qwen3_8b.sh; README "Reward workers").
     reward_threads: int | None = None
     # Compose and validate the config, print it, and exit without starting Ray (CPU-checkable).
     dry_run: bool = False
@@ -55,6 +60,26 @@ class RecipeConfig:
 
 
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(RecipeConfig))
+# Keys the preset sets (paper Table 2); a default here would replace the preset's wholesale.
+PRESET_KEYS = ("weights", "token_level")
+HYDRA_DEFAULTS_NAME = "relate_defaults"
+
+
+def relate_section_defaults() -> dict[str, Any]:
+    """The ``relate:`` section of the dataclass defaults: every ``RewardConfig`` field but PRESET_KEYS,
+    then every ``RecipeConfig`` field; plain YAML values (lists, not tuples)."""
+    reward = {k: v for k, v in RewardConfig().to_dict().items() if k not in PRESET_KEYS}
+    recipe = {f.name: getattr(RecipeConfig(), f.name) for f in dataclasses.fields(RecipeConfig)}
+    recipe["pending_inputs"] = list(recipe["pending_inputs"])
+    return {**reward, **recipe}
+
+
+def register_hydra_defaults() -> None:
+    """Store :func:`relate_section_defaults` in Hydra's ConfigStore as ``relate_defaults`` (the first
+    entry of relate_trainer.yaml's defaults list after verl's ppo_trainer)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=HYDRA_DEFAULTS_NAME, node={"relate": relate_section_defaults()})
 
 
 def to_plain(section: Any) -> dict[str, Any]:
@@ -93,6 +118,9 @@ def split_relate_section(section: Any) -> tuple[RecipeConfig, RewardConfig]:
         raise ValueError(f"relate.log_components must be 'active' or 'all', got {recipe.log_components!r}")
     if recipe.log_components == "all" and not recipe.ctcvr_model_dir:
         raise ValueError("relate.log_components=all logs the CTCVR component of every preset: set relate.ctcvr_model_dir")
+    # imported here: the package imports this module to register the defaults, and the estimators need verl
+    from recipe.relate.relate_core_algos import SENTENCE_ESTIMATORS
+
     if recipe.sentence_estimator not in SENTENCE_ESTIMATORS:
         raise ValueError(f"relate.sentence_estimator must be one of {SENTENCE_ESTIMATORS}, got {recipe.sentence_estimator!r}")
     if "ctcvr" in reward.weights and not recipe.ctcvr_model_dir:

@@ -27,6 +27,9 @@ from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from relate_common import metric_names
+from relate_common.rl_row import ground_truths
+
 from recipe.relate.relate_config import split_relate_section
 from recipe.relate.relate_core_algos import RELATE_ADV_ESTIMATOR, pending_token_penalty
 from recipe.relate.scoring import token_credit
@@ -41,9 +44,9 @@ def component_means(extra_fields: list[Any]) -> dict[str, float]:
     for extra in extra_fields:
         info = extra.get("reward_extra_info", {}) if isinstance(extra, dict) else {}
         for key, value in info.items():
-            if key.startswith("reward_") and value is not None and not math.isnan(float(value)):
-                values[key[len("reward_"):]].append(float(value))
-    return {f"relate/reward/{k}": float(np.mean(v)) for k, v in sorted(values.items())}
+            if key.startswith(metric_names.EXTRA_INFO_PREFIX) and value is not None and not math.isnan(float(value)):
+                values[key[len(metric_names.EXTRA_INFO_PREFIX):]].append(float(value))
+    return {metric_names.reward_metric(k): float(np.mean(v)) for k, v in sorted(values.items())}
 
 
 def add_at_last_token(scores: torch.Tensor, lengths: torch.Tensor, delta: np.ndarray) -> torch.Tensor:
@@ -104,7 +107,7 @@ class RelateTrainer(PPOTrainerSync):
         responses = data["responses"].to_padded_tensor(padding=pad)
         mask = data["response_mask"].to_padded_tensor(padding=0).bool()
         ids = [responses[i, : lengths[i]].tolist() for i in range(len(lengths))]
-        records = [dict(rm["ground_truth"]) for rm in list(data["reward_model"])]
+        records = ground_truths(list(data["reward_model"]))
         # Non-tensor fields come back as a list-like whose type depends on the TQ backend; list()
         # normalises them (as verl does for raw_prompt).
         uids = list(data["uid"])
@@ -135,10 +138,10 @@ class RelateTrainer(PPOTrainerSync):
     def relate_metrics(credit, token_share: float | None, extra_fields: list[Any]) -> dict[str, float]:
         """Training metrics verl does not log: components, |G_high|, penalised tokens, token share."""
         out = component_means(extra_fields)
-        out["relate/g_high_size"] = float(len(credit.stats.high_freq_ngrams))
-        out["relate/diversity_score/mean"] = float(np.mean(credit.stats.diversity_score))
-        out["relate/diversity_penalty/mean"] = float(np.mean(credit.diversity_penalty))
-        out["relate/penalised_tokens/blacklist"] = float(credit.blacklist_mask.sum(axis=1).mean())
-        out["relate/penalised_tokens/diversity"] = float(credit.stats.token_mask.sum(axis=1).mean())
-        out["relate/token_advantage_share"] = float(token_share or 0.0)
+        out[metric_names.G_HIGH_SIZE] = float(len(credit.stats.high_freq_ngrams))
+        out[metric_names.DIVERSITY_SCORE_MEAN] = float(np.mean(credit.stats.diversity_score))
+        out[metric_names.DIVERSITY_PENALTY_MEAN] = float(np.mean(credit.diversity_penalty))
+        out[metric_names.PENALISED_TOKENS_BLACKLIST] = float(credit.blacklist_mask.sum(axis=1).mean())
+        out[metric_names.PENALISED_TOKENS_DIVERSITY] = float(credit.stats.token_mask.sum(axis=1).mean())
+        out[metric_names.TOKEN_ADVANTAGE_SHARE] = float(token_share or 0.0)
         return out

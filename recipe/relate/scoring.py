@@ -17,26 +17,20 @@ from typing import Any
 import numpy as np
 
 from relate_common.ad_format import parse_ad
-from relate_common.records import AdRecord, parse_record
+from relate_common.records import AdRecord
+from relate_common.rl_row import parse_ground_truth
 from reward_fns import (BatchCredit, RewardConfig, RewardContext, batch_credit, decode_batch_with_offsets,
                         decode_with_offsets, score_samples)
 from reward_fns.judge import JudgeRequest
-from reward_fns.ctcvr import fallback_reference, reference_ad, scorer_item
+from reward_fns.ctcvr import reference_ad, reference_of, references_to_score, scorer_item
 
 from recipe.relate.relate_config import RecipeConfig
 
 
 def record_from_ground_truth(ground_truth: Any, index: Any = None) -> AdRecord:
-    """The ``AdRecord`` that ``data_prep.build_dataset`` stored in ``reward_model.ground_truth``."""
-    if isinstance(ground_truth, AdRecord):
-        return ground_truth
-    if not hasattr(ground_truth, "keys"):
-        raise TypeError(
-            f"reward_model.ground_truth of sample {index} is {type(ground_truth).__name__}, expected the record "
-            "mapping written by data_prep/build_dataset.py"
-        )
-    raw = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in dict(ground_truth).items()}
-    return parse_record(raw, source="reward_model.ground_truth", row=index if isinstance(index, int) else 0)
+    """The ``AdRecord`` that ``data_prep.build_dataset`` stored in ``reward_model.ground_truth``
+    of sample ``index`` (``relate_common.rl_row.parse_ground_truth``)."""
+    return parse_ground_truth(ground_truth, row=index if isinstance(index, int) else 0)
 
 
 class SentenceScorer:
@@ -81,12 +75,10 @@ class SentenceScorer:
                 self._batcher = self.ctcvr.batcher(max_batch_size=self.recipe.scorer_max_batch_size,
                                                    max_wait_ms=self.recipe.scorer_max_wait_ms)
             _, pred = await self._batcher.score_one(scorer_item(record, parsed.title, parsed.description))
-            ref = self.reference_ctcvr.get(record.id)
-            if ref is None:  # reward_fns.ctcvr's one reference rule, per sample
-                ad = reference_ad(record)
-                ref = (await self._batcher.score_one(scorer_item(record, *ad)))[1] if ad else \
-                    fallback_reference(self.reward.ctcvr, record.id)
-                self.reference_ctcvr[record.id] = ref
+            # reward_fns.ctcvr's one reference rule, one sample at a time through the micro-batcher
+            for rid, rec in references_to_score([record], [False], self.reference_ctcvr).items():
+                self.reference_ctcvr[rid] = float((await self._batcher.score_one(scorer_item(rec, *reference_ad(rec))))[1])
+            ref = reference_of(record, pred, False, self.reference_ctcvr, self.reward.ctcvr)
             predicted, reference = [pred], [ref]
         verdicts = [await self.context.judge.ajudge(JudgeRequest.from_record(record, parsed))] if self.uses_judge else None
         result = await loop.run_in_executor(
