@@ -12,7 +12,7 @@ DEMO_DIR ?= outputs/demo
 DEMO_SMOKE_DIR ?= outputs/demo-smoke
 PYTEST_ARGS ?=
 # Data for the tests, not installed: trl 1.10.0's wheel ships the real Qwen3 chat template
-# (trl/chat_templates/qwen3.jinja), read out of the zip by tests/test_preflight.py.
+# (trl/chat_templates/qwen3.jinja), read out of the zip by tests/recipe/relate/test_preflight.py.
 TRL_WHEEL := $(VENV)/wheels/trl-1.10.0-py3-none-any.whl
 GPU_DEPS_REPORT ?= $(VENV)/gpu-deps-report.json
 

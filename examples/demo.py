@@ -50,7 +50,7 @@ import examples.verl_jobs as verl_jobs
 import relate_common
 import relate_common.records
 import verl_cpu
-from data_prep.config import SAMPLE_RECORDS
+from data_prep.config import SAMPLE_RECORDS, CTCVRTableConfig, DatasetConfig
 from examples.cli import override_at_least
 from examples.stages import Stage, code_inputs, run_stages
 from testbed.config import TestbedConfig
@@ -232,24 +232,21 @@ def relate_job(budget: Budget, layout: Layout, preset: str = "relate", run_dir: 
 
 
 def generate(model_dir: Path, layout: Layout, budget: Budget, output: Path) -> int:
-    """Greedy generations on the val split (``recipe.relate.generate``; writes atomically)."""
-    from recipe.relate import generate as generate_cli
+    """Greedy generations on the val split (``relate_eval.generate``; writes atomically)."""
+    from relate_eval import generate as generate_cli
 
-    argv = ["--model", str(model_dir), "--data", str(layout.dataset / "val.parquet"), "--n", "1",
-            "--temperature", "0", "--max-new-tokens", str(budget.max_new_tokens), "--output", str(output),
-            "--seed", "0"]
-    if budget.eval_prompts is not None:
-        argv += ["--limit", str(budget.eval_prompts)]
-    return generate_cli.main(argv)
+    return generate_cli.run(generate_cli.GenerateRun(
+        model=str(model_dir), data=str(layout.dataset / "val.parquet"), output=str(output), n=1, temperature=0.0,
+        max_new_tokens=budget.max_new_tokens, limit=budget.eval_prompts, seed=0))
 
 
 def evaluate(layout: Layout) -> int:
     """Table 1 / Table 3 / predicted vs simulated CTCVR of the three policies, the starting model the baseline."""
-    from recipe.relate import evaluate as evaluate_cli
+    from relate_eval import evaluate as evaluate_cli
 
-    runs = [a for name, _ in POLICY_ROWS for a in ("--run", f"{name}={layout.generations(name)}")]
-    return evaluate_cli.main([*runs, "--baseline-run", POLICY_ROWS[0][0], "--ctcvr-model", str(layout.scorer),
-                              "--preset", "relate", "--output-dir", str(layout.evaluation), "--quiet"])
+    return evaluate_cli.run(evaluate_cli.EvaluationRun(
+        runs=tuple((name, str(layout.generations(name))) for name, _ in POLICY_ROWS), ctcvr_model=str(layout.scorer),
+        baseline=POLICY_ROWS[0][0], preset="relate", output_dir=str(layout.evaluation), quiet=True))
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------
@@ -295,7 +292,7 @@ def relate_inputs(layout: Layout) -> list[Path]:
 
 def generation_stage(name: str, model_dir: Path, layout: Layout, budget: Budget, output: Path) -> Stage:
     """Greedy val generations of the policy in ``model_dir`` into ``output`` (:func:`generate`)."""
-    import recipe.relate.generate as generate_mod
+    import relate_eval.generate as generate_mod
     import verl_cpu.sampling
 
     return Stage(name, lambda: generate(model_dir, layout, budget, output),
@@ -308,7 +305,7 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
                  embedding_cache: Path | None = None) -> list[Stage]:
     """The demo's stages (see the module docstring) writing under ``out``; ``embedding_cache``: the
     CTCVR scorer's embedding cache folder for its training and evaluation (None: no cache)."""
-    import recipe.relate.evaluate as evaluate_mod
+    import relate_eval.evaluate as evaluate_mod
     import testbed.tiny_policy
     import relate_common.assets
 
@@ -327,35 +324,37 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
     sft_inputs = [*sft_sets, *model_files, *verl_sources()]
     rl_inputs = relate_inputs(L)
     policy_dirs = {"start": model_dir, "sft": sft.final, "relate": relate.final}
-    scorer_argv = ["--table", str(tables / "train.parquet"), "--val", str(tables / "val.parquet"),
-                   "--output-dir", str(scorer), "--seed", str(seed)]
-    if budget.scorer_epochs is not None:
-        scorer_argv += ["--epochs", str(budget.scorer_epochs)]
-    cache_argv = ["--cache-dir", str(embedding_cache)] if embedding_cache is not None else []
+    cache = str(embedding_cache) if embedding_cache is not None else None
+    training = dataclasses.replace(ctcvr_train.TrainConfig(), seed=seed, cache_dir=cache,
+                                   **({} if budget.scorer_epochs is None else {"max_epochs": budget.scorer_epochs}))
     generations = [L.generations(name) for name, _ in POLICY_ROWS]
     stages = [
         Stage("rl-dataset",
-              lambda: build_dataset.main(["--input", str(records), "--output-dir", str(dataset), "--seed", str(seed),
-                                          "--prompt-style", budget.prompt_style]),
+              lambda: build_dataset.run(build_dataset.BuildDatasetSettings(
+                  output_dir=dataset, input=records, dataset=DatasetConfig(seed=seed, prompt_style=budget.prompt_style))),
               inputs=[records, *code_inputs(build_dataset)],
               outputs=rl_sets, params={"seed": seed, "prompt_style": budget.prompt_style}),
         Stage("impression-logs",
-              lambda: simulate_logs.main(["--records", str(records), "--output", str(logs), "--aggregate",
-                                          "--impressions", str(budget.impressions), "--seed", str(seed)]),
+              lambda: simulate_logs.run(simulate_logs.SimulationRun(output=logs, records=records, aggregate=True,
+                                                                    impressions=budget.impressions, seed=seed)),
               inputs=[records, *code_inputs(simulate_logs)],
               outputs=[logs], params={"impressions": budget.impressions, "seed": seed}),
         Stage("ctcvr-tables",
-              lambda: build_ctcvr_table.main(["--logs", str(logs), "--output-dir", str(tables), "--seed", str(seed)]),
+              lambda: build_ctcvr_table.run(build_ctcvr_table.CTCVRTableRun(logs=logs, output_dir=tables,
+                                                                            table=CTCVRTableConfig(seed=seed))),
               inputs=[logs, *code_inputs(build_ctcvr_table)],
               outputs=[tables / f"{s}.parquet" for s in ("train", "val", "test")], params={"seed": seed}),
         Stage("ctcvr-scorer",
-              lambda: ctcvr_train.main(scorer_argv + cache_argv),
+              lambda: ctcvr_train.run(ctcvr_train.TrainRun(table=str(tables / "train.parquet"),
+                                                           val=str(tables / "val.parquet"), output_dir=str(scorer),
+                                                           training=training)),
               inputs=[tables / "train.parquet", tables / "val.parquet", *code_inputs(ctcvr_train)],
               outputs=[scorer / "config.json", scorer / "metrics.json"],
               params={"seed": seed, "epochs": budget.scorer_epochs}),
         Stage("ctcvr-evaluation",
-              lambda: ctcvr_evaluate.main(["--model-dir", str(scorer), "--table", str(tables / "test.parquet"),
-                                           "--output-dir", str(scorer_eval), *cache_argv]),
+              lambda: ctcvr_evaluate.run(ctcvr_evaluate.EvaluateRun(model_dir=str(scorer),
+                                                                    table=str(tables / "test.parquet"),
+                                                                    output_dir=str(scorer_eval), cache_dir=cache)),
               inputs=[*scorer_files, tables / "test.parquet", *code_inputs(ctcvr_evaluate)],
               outputs=[scorer_eval / ctcvr_evaluate.EVALUATION_FILE, scorer_eval / ctcvr_evaluate.PLOT_FILE]),
         Stage("starting-model",
@@ -363,9 +362,8 @@ def build_stages(out: Path, records: Path, budget: Budget, seed: int,
               inputs=[*starting_inputs, *code_inputs(relate_common.assets, testbed.tiny_policy)],
               outputs=model_files, params={"policy": budget.policy, **starting_params}),
         Stage("sft-dataset",
-              lambda: build_sft_dataset.main(["--records", str(records), "--logs", str(logs), "--output-dir",
-                                              str(L.sft_dataset), "--seed", str(seed),
-                                              "--prompt-style", budget.prompt_style]),
+              lambda: build_sft_dataset.run(build_sft_dataset.SFTDatasetRun(
+                  logs=logs, output_dir=L.sft_dataset, records=records, seed=seed, prompt_style=budget.prompt_style)),
               inputs=[records, logs, *code_inputs(build_sft_dataset)],
               outputs=sft_sets, params={"seed": seed, "prompt_style": budget.prompt_style}),
         Stage("sft-train",

@@ -4,11 +4,11 @@ plus its plots in ``plots/``, from the files the earlier demo stages wrote.
 Sections: settings and stage times; the CTCVR scorer's evaluation table and reliability plot; the
 SFT cold start's loss; the per-component reward curves of the RELATE run (paper Figure 3 style);
 Table 1 with one row per policy (starting model, SFT, RELATE from SFT) and 95% bootstrap
-intervals, Table 3 and predicted vs simulated CTCVR, as ``recipe.relate.evaluate`` wrote them;
+intervals, Table 3 and predicted vs simulated CTCVR, as ``relate_eval.evaluate`` wrote them;
 example prompts where the three policies' ads differ.
 
 Nothing here computes a metric: the numbers come from ``ctcvr_model.evaluate``,
-``recipe.relate.evaluate`` and verl's FileLogger files (``metrics.jsonl`` of each training job);
+``relate_eval.evaluate`` and verl's FileLogger files (``metrics.jsonl`` of each training job);
 a missing file or section is an error naming it, never a silently shorter report. Every file is
 written atomically.
 
@@ -34,10 +34,10 @@ from relate_common.jsonio import write_text_atomic
 REWARD_CURVES = "reward_curves.png"
 SCORER_RELIABILITY = "scorer_reliability.png"
 PLOT_FILES = (REWARD_CURVES, SCORER_RELIABILITY)
-# recipe.relate.evaluate's evaluation.md sections copied into the report (heading prefixes).
+# relate_eval.evaluate's evaluation.md sections copied into the report (heading prefixes).
 EVALUATION_SECTIONS = ("Table 1", "Table 3", "Predicted vs simulated")
 SFT_LOSS, SFT_VAL_LOSS = "train/loss", "val/loss"
-FORMAT_METRIC = "format_ok_rate"  # recipe.relate.evaluate's share of format-valid responses
+FORMAT_METRIC = "format_ok_rate"  # relate_eval.evaluate's share of format-valid responses
 N_EXAMPLES = 3
 
 
@@ -53,8 +53,8 @@ class ReportInputs:
     scorer_reliability_png: Path  # ctcvr_model.evaluate: reliability.png
     sft_metrics: Path  # verl's FileLogger of the SFT job (examples/verl_jobs.py)
     relate_metrics: Path  # verl's FileLogger of the RELATE job
-    generations: dict[str, Path]  # Table 1 row name -> recipe.relate.generate output, in row order
-    evaluation_json: Path  # recipe.relate.evaluate with one --run per row, the first the baseline
+    generations: dict[str, Path]  # Table 1 row name -> relate_eval.generate output, in row order
+    evaluation_json: Path  # relate_eval.evaluate with one --run per row, the first the baseline
     state_dir: Path | None = None  # where the stage markers are (stage times); None: no times
     stages: tuple[str, ...] = ()  # stage names in pipeline order (for the times table)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -265,10 +265,10 @@ def curves_section(rows: list[dict[str, float]], plot_name: str) -> str:
 
 
 def evaluation_sections(inputs: ReportInputs) -> str:
-    md = _require(inputs.evaluation_md, "recipe.relate.evaluate report").read_text(encoding="utf-8")
+    md = _require(inputs.evaluation_md, "relate_eval.evaluate report").read_text(encoding="utf-8")
     rows = ", ".join(f"**{name}**" for name in inputs.generations)
     head = ["## 4. Table 1 and Table 3: starting model, SFT, RELATE from SFT", "",
-            f"From `recipe.relate.evaluate`, one row per policy ({rows}; the first is the baseline of every delta), "
+            f"From `relate_eval.evaluate`, one row per policy ({rows}; the first is the baseline of every delta), "
             "the same val prompts, greedy decoding. Each figure has a 95% bootstrap interval over the val prompts. "
             "CTCVR \"predicted\" is the learned scorer (what the reward saw); \"simulated\" is the simulator's "
             "ground-truth user model: a predicted gain well above the simulated one is reward hacking.", ""]
@@ -326,8 +326,8 @@ def _scale(x: Any) -> float | None:
 
 
 def run_metric(result: dict[str, Any], name: str, metric: str) -> dict[str, Any]:
-    """``{"value", "ci95"}`` of one metric of one run in recipe.relate.evaluate's evaluation.json."""
-    from recipe.relate.evaluate import run_result
+    """``{"value", "ci95"}`` of one metric of one run in relate_eval.evaluate's evaluation.json."""
+    from relate_eval.evaluate import run_result
 
     try:
         return run_result(result, name)["metrics"][metric]
@@ -371,7 +371,7 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> Path:
     plots.mkdir(parents=True, exist_ok=True)
     sft_rows = verl_metric_rows(inputs.sft_metrics, "SFT training metrics")
     rows = verl_metric_rows(inputs.relate_metrics, "RELATE training metrics")
-    result = read_json(inputs.evaluation_json, "recipe.relate.evaluate result")
+    result = read_json(inputs.evaluation_json, "relate_eval.evaluate result")
     copy_atomic(_require(inputs.scorer_reliability_png, "scorer reliability plot"), plots / SCORER_RELIABILITY)
     plot_reward_curves(rows, plots / REWARD_CURVES, run_name="RELATE from SFT",
                        policy=str(inputs.settings.get("policy", "n/a")))

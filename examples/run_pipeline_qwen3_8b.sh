@@ -164,12 +164,12 @@ SFT_POLICY=$(newest_policy "$SFT_RUN/checkpoints" huggingface)
 RL_POLICY=$(newest_policy "$RL_CKPT" actor/huggingface)
 for run in sft relate; do
   policy=$SFT_POLICY; [[ $run == relate ]] && policy=$RL_POLICY
-  step "generate-$run" "$GENERATIONS/$run.jsonl" -- "$PYTHON" -m recipe.relate.generate --model "$policy" \
+  step "generate-$run" "$GENERATIONS/$run.jsonl" -- "$PYTHON" -m relate_eval.generate --model "$policy" \
     --data "$DATASET/val.parquet" --n 1 --temperature 0 --max-new-tokens 256 --limit "$EVAL_PROMPTS" \
     --batch-size 32 --seed 0 --output "$GENERATIONS/$run.jsonl"
 done
 # 6. evaluation: Table 1 / Table 3 rows with bootstrap intervals, SFT the baseline
-step evaluate "$EVALUATION/evaluation.json" -- "$PYTHON" -m recipe.relate.evaluate \
+step evaluate "$EVALUATION/evaluation.json" -- "$PYTHON" -m relate_eval.evaluate \
   --run "sft=$GENERATIONS/sft.jsonl" --run "relate=$GENERATIONS/relate.jsonl" --baseline-run sft \
   --ctcvr-model "$SCORER" --preset "$PRESET" --output-dir "$EVALUATION"
 

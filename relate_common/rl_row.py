@@ -2,7 +2,7 @@
 
 ``data_prep/build_dataset.py`` writes the rows (what verl 0.9.1's ``RLHFDataset`` reads:
 ``prompt`` chat messages and ``reward_model = {"style", "ground_truth"}``); the reward manager,
-the RELATE trainer, ``recipe.relate.generate``, ``reward_fns.generated`` and ``testbed`` read them
+the RELATE trainer, ``relate_eval.generate``, ``reward_fns.generated`` and ``testbed`` read them
 back through the functions below. Every error is a ``RecordError`` naming the file, the row
 (1-based) and the field (``reward_model.ground_truth.<name>`` for a bad record field).
 """

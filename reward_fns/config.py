@@ -115,7 +115,7 @@ class RelevanceConfig:
     # reserve no GPU), also on a GPU node. There the paper's "Qwen/Qwen3-Embedding-0.6B" would cost ~1.2
     # GFLOP per token, ~1.2e14 FLOP for a step's 1,440 responses of ~70 tokens: minutes of CPU per step,
     # longer than the generation it must keep pace with (README "Reward workers"). Keep USE for training;
-    # the 0.6B encoder fits offline scoring on a GPU (reward_fns.score, recipe.relate.evaluate), with
+    # the 0.6B encoder fits offline scoring on a GPU (reward_fns.score, relate_eval.evaluate), with
     # cos_floor / cos_ceil recalibrated for it.
     encoder: dict[str, str] = field(default_factory=lambda: {"zh": "use-multilingual", "en": "use-multilingual"})
     # ours: weights of the three context fields in the semantic part.
@@ -452,7 +452,7 @@ def resolve_config(config: "RewardConfig | str | dict[str, Any] | None") -> Rewa
 
 
 def load_cli_config(path: str | Path | None, preset_name: str | None) -> RewardConfig:
-    """The config of a CLI's ``--config FILE --preset NAME`` (``reward_fns.score``, ``recipe.relate.evaluate``).
+    """The config of a CLI's ``--config FILE --preset NAME`` (``reward_fns.score``, ``relate_eval.evaluate``).
 
     The file (a ``relate:`` section or its content) is read first; ``--preset`` then picks the preset,
     whose Table-2 weights the file's own entries override. Neither: the 'relate' preset.

@@ -44,7 +44,7 @@ class MissingReference(ValueError):
 def fallback_reference(cfg: CTCVRConfig, record_id: str | None = None) -> float:
     """The reference pCTCVR of a record that has no reference ad: ``relate.ctcvr.fallback_reference``.
 
-    One rule for every door (the verl reward manager, ``reward_fns.score``, ``recipe.relate.evaluate``):
+    One rule for every door (the verl reward manager, ``reward_fns.score``, ``relate_eval.evaluate``):
     never an estimate from other rows; without a configured fallback it is an input error.
     """
     if cfg.fallback_reference is None:
@@ -112,7 +112,7 @@ def ctcvr_reward(pred: float, ref: float | None, cfg: CTCVRConfig) -> ComponentS
 def scorer_item(record: Any, title: str, description: str) -> dict[str, Any]:
     """What ``ctcvr_model``'s scorer reads for one (query, ad) pair; ``record`` is an AdRecord.
 
-    One definition for every caller (RL reward, ``reward_fns.score``, ``recipe.relate.evaluate``),
+    One definition for every caller (RL reward, ``reward_fns.score``, ``relate_eval.evaluate``),
     so the scorer sees the same fields, industry included, at training-time and at reward-time.
     """
     return {"query": record.query, "bidword": record.bidword, "selling_points": record.selling_points,

@@ -1,4 +1,4 @@
-"""Read a file of generated ads: the one reader behind ``reward_fns.score`` and ``recipe.relate.evaluate``.
+"""Read a file of generated ads: the one reader behind ``reward_fns.score`` and ``relate_eval.evaluate``.
 
 A row (JSONL, CSV or parquet) carries the record fields (id, query, bidword, selling_points,
 language, industry, ...) and the ad, either as ``response`` (raw model text; ``title`` /

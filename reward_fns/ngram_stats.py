@@ -28,7 +28,7 @@ Counter); the tests check the two agree and benchmarks/bench_diversity.py times 
 
 Cost (the trainer runs this every step on 1440 x 256 tokens, benchmarks/bench_advantage.py):
 whole-batch array code; the trainer's path hashes only the windows G_high counting reads
-(:class:`WindowKeys`, the keys of :func:`ngram_keys`). tests/test_reward_perf_equivalence.py
+(:class:`WindowKeys`, the keys of :func:`ngram_keys`). tests/reward_fns/test_reward_perf_equivalence.py
 checks each piece against the per-response code it replaced.
 """
 

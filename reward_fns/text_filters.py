@@ -22,7 +22,7 @@ Everything works on the whole batch at once: the texts are concatenated and read
 widen every row), with per-code-point tables instead of per-character Python; per-window
 quantities come from prefix sums read at each token's trimmed start / end; function words are
 found by array code and looked up packed into integers (:func:`_ascii_words`). No Python code
-runs per character or per token. tests/test_reward_perf_equivalence.py checks every function
+runs per character or per token. tests/reward_fns/test_reward_perf_equivalence.py checks every function
 against the per-response loops it replaced.
 """
 

@@ -93,7 +93,7 @@ def run_build(run: BuildRun) -> int:
 
 
 def run_probe(run: ProbeRun) -> int:
-    from recipe.relate.generate import load_policy
+    from relate_eval.generate import load_policy
     from relate_common.rl_row import read_rl_parquet
     from relate_common.jsonio import write_json
     from relate_common.records import RecordError

@@ -1,7 +1,7 @@
 """Build the testbed: corpus -> tokenizer -> random Llama -> corpus pre-training -> a Hugging Face folder.
 
 The folder loads like any causal LM (``AutoModelForCausalLM`` / ``AutoTokenizer``), so verl's SFT
-trainer, verl's RL loop on the CPU backend and ``recipe.relate.generate`` take it as they take
+trainer, verl's RL loop on the CPU backend and ``relate_eval.generate`` take it as they take
 SmolLM2. ``testbed.json`` beside the weights records the settings, the corpus, the loss curve and the
 time of each phase. The folder is written under a temporary name and renamed into place, so an
 interrupted build never leaves a half-written model where a finished one is expected.

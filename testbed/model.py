@@ -14,7 +14,7 @@ PAD_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, "<|im_start|>", EOS_TOKEN)
 CHAT_ROLES = ("system", "user", "assistant")
 # Plain ChatML. For a conversation that opens with a system turn (every prompt of data_prep.prompts)
-# it renders exactly as SmolLM2-135M-Instruct's template does (tests/test_testbed.py checks), so the
+# it renders exactly as SmolLM2-135M-Instruct's template does (tests/testbed/test_testbed.py checks), so the
 # testbed and SmolLM2 read the same prompt text; unlike SmolLM2's it adds no default system turn,
 # which verl's SFT dataset relies on when it renders turns one at a time
 # (verl/utils/tokenizer/chat_template.py:114-138, extract_system_prompt_and_generation).

@@ -56,9 +56,9 @@ def format_probe(table: dict[str, dict[str, float]], title: str) -> str:
 def sample_ads(model: Any, tokenizer: Any, messages: Sequence[Sequence[dict[str, str]]], *, n: int,
                temperature: float, max_new_tokens: int, seed: int = 0) -> list[list[str]]:
     """``n`` decoded responses per prompt (greedy at temperature 0), through the project's one
-    generation path (``recipe.relate.generate``: shared prompt prefixes, seeded sampling) and
+    generation path (``relate_eval.generate``: shared prompt prefixes, seeded sampling) and
     decoded as the reward decodes them in training (``reward_fns.attribution``)."""
-    from recipe.relate.generate import generate_responses, render_prompts
+    from relate_eval.generate import generate_responses, render_prompts
     from reward_fns.attribution import decode_batch_with_offsets
 
     prompt_ids = render_prompts(tokenizer, messages)

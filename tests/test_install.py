@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.fixtures import REPO
 IMPORTS = "import recipe, recipe.relate.relate_core_algos as algos, reward_fns"
 FILES = "[recipe.__file__, algos.__file__, reward_fns.__file__]"
 PROBE = f"import json; {IMPORTS}; print(json.dumps({FILES}))"

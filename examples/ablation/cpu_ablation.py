@@ -22,8 +22,8 @@ Stages, each skipped when its outputs are up to date (``examples/stages.py``, th
    preset (the reward itself is the preset's), so Figure 3 shows what Model 1 is not rewarded for.
    Runs go seed by seed, so a first seed is complete before the second starts.
 3. ``generate-*``: greedy ads on the held-out (val) prompts by the SFT policy and by each run's
-   final policy (``recipe.relate.generate``, the demo's generation budget).
-4. ``table3``: one scoring of every generation (``recipe.relate.evaluate.score_runs``: every
+   final policy (``relate_eval.generate``, the demo's generation budget).
+4. ``table3``: one scoring of every generation (``relate_eval.evaluate.score_runs``: every
    component, predicted and simulated CTCVR), aggregated over seeds by ``table3.py`` (mean, seed
    range, 95% bootstrap interval over prompts; the paper's findings as verdicts).
 5. ``figure3``: each preset's per-component training reward per step, mean over seeds, seed range
@@ -149,7 +149,7 @@ def base_stages(budget: AblationBudget, base_dir: Path, records: Path, cache: Pa
 def ablation_stages(budget: AblationBudget, base_dir: Path, out: Path) -> list[Stage]:
     """Training, generation, Table 3 and Figure 3 stages (state in ``out``)."""
     import examples.plots
-    import recipe.relate.evaluate as evaluate_mod
+    import relate_eval.evaluate as evaluate_mod
 
     base, layout = demo.Layout(base_dir), AblationLayout(out)
     rl = rl_budget(budget)
@@ -198,7 +198,7 @@ def write_table3(budget: AblationBudget, base: demo.Layout, layout: AblationLayo
     """Score every generation once, aggregate over seeds, write table3.md / table3.json."""
     import numpy as np
 
-    from recipe.relate.evaluate import EvaluationError, per_text_values, record_index, score_runs, scored_rows
+    from relate_eval.evaluate import EvaluationError, per_text_values, record_index, score_runs, scored_rows
     from relate_common.jsonio import jsonable, write_json, write_jsonl, write_text_atomic
 
     names = [START, *run_names]
@@ -242,7 +242,7 @@ def render_table3(budget: AblationBudget, result: dict[str, Any]) -> str:
              f"- {len(PRESETS)} presets x seeds {list(budget.seeds)}; {rl.steps} RL steps of {rl.prompts_per_step} prompts "
              f"x G={rl.group_size}, lr {rl.rl_lr:g}; the same data, settings and seeds in every preset",
              f"- held-out: greedy ads on {result['records']} val prompts by each final policy; every component scored "
-             "(recipe.relate.evaluate), CTCVR(%) predicted by the learned scorer and simulated by the ground-truth "
+             "(relate_eval.evaluate), CTCVR(%) predicted by the learned scorer and simulated by the ground-truth "
              "user model",
              "- cells: mean over seeds (seed range; 95% bootstrap interval over prompts, 1000 resamples)", ""]
     lines.append(t3.render(result, LABELS))

@@ -1,6 +1,6 @@
 """Table 3 over seeds, and the paper's ablation findings as verdicts with intervals (pure functions).
 
-Input: for each preset, one scored evaluation set per seed (``recipe.relate.evaluate.EvalSet``:
+Input: for each preset, one scored evaluation set per seed (``relate_eval.evaluate.EvalSet``:
 greedy generations of that run's final policy on the held-out prompts), all over the same
 records. For each Table 3 metric (``reward_fns.metrics`` via ``evaluate.per_text_values``):
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from reward_fns.intervals import bootstrap_counts, percentile_interval, record_sums, safe_ratio
 
-# Table 3's columns: (recipe.relate.evaluate metric key, header), then the simulator's CTCVR (ours).
+# Table 3's columns: (relate_eval.evaluate metric key, header), then the simulator's CTCVR (ours).
 COLUMNS = (("structural_quality", "Structural Quality"), ("predicted_ctcvr_pct", "CTCVR(%) predicted"),
            ("diversity", "Diversity"), ("semantic_quality", "Semantic Quality"),
            ("simulated_ctcvr_pct", "CTCVR(%) simulated"))
