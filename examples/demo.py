@@ -421,14 +421,8 @@ def resolve_budget(args: argparse.Namespace) -> Budget:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m examples.demo",
-        description="Run the RELATE demo end to end on the bundled sample records: data, CTCVR scorer, the SFT "
-        "cold start and RELATE through verl's own trainers on the CPU backend, greedy generation by the three "
-        "policies (start, SFT, RELATE), Table 1 with 95%% bootstrap intervals, and a report (OUTPUT_DIR/report.md, "
-        "plots in OUTPUT_DIR/plots/). Each stage is skipped when its outputs are up to date, so a rerun only does "
-        "what changed; Ctrl-C is safe (the interrupted stage is redone, training resumes from verl's last "
-        "checkpoint). Full run: about 20 min on 2 CPU cores; --smoke: a few minutes.")
+    p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"where every stage writes (default: {DEFAULT_OUTPUT})")
     p.add_argument("--records", type=Path, default=SAMPLE_RECORDS, help="ad records (JSONL/CSV/parquet; default: the bundled sample)")
     p.add_argument("--smoke", action="store_true",

@@ -304,13 +304,8 @@ def run_result(result: dict[str, Any], name: str) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI (see the module docstring)."""
-    p = argparse.ArgumentParser(
-        prog="python -m relate_eval.evaluate",
-        description="Table 1 / Table 3 of the RELATE paper, one row per run of generated ads, with 95%% bootstrap "
-        "intervals, the learned CTCVR scorer's prediction AND the simulator's ground-truth (fresh-impression) "
-        "CTCVR, and the gap between predicted and simulated lift against a baseline run. Full description: "
-        "the module docstring.",
-    )
+    p = argparse.ArgumentParser(prog="python -m relate_eval.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", default=[], metavar="NAME=FILE",
                    help="one run (table row): a name ([A-Za-z0-9_.-]) and its texts, JSONL/CSV/parquet rows with the "
                    "record fields and 'response' (or 'title' + 'description'), e.g. from relate_eval.generate; "

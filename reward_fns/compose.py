@@ -16,8 +16,9 @@ training sees.
 
 Components: each is one function registered by name (:func:`register_reward_component`, as
 verl registers advantage estimators); both call patterns compute the wanted ones in registry
-order, which is the paper's (``COMPONENTS`` is derived from the registry), so adding a component is
-one decorated function.
+order, which is the paper's. The names are declared once in ``reward_fns.config.COMPONENTS`` (the
+layer that validates ``relate.weights``) and the registry is checked against them at import, so
+adding a component is one decorated function and its name there.
 
 Sentence reward: ``sum_k w_k * c_k`` over the preset's sentence-level components with a value
 (``risk_judge`` has none without a judge). Ranges: length, format, relevance, correctness,
@@ -37,6 +38,7 @@ from relate_common.metric_names import EXTRA_INFO_PREFIX
 from relate_common.records import AdRecord
 
 from reward_fns.attribution import pad_batch
+from reward_fns.config import COMPONENTS as _config_components
 from reward_fns.config import RewardConfig, resolve_config
 from reward_fns.correctness import correctness_reward, offline_correctness
 from reward_fns.credit import BatchCredit, batch_credit
@@ -262,9 +264,13 @@ def _score_risk_judge(x: ComponentInputs) -> list[ComponentScore | None]:
     ]
 
 
-# The component names in the paper's order (sec. 3.3: structural, CTCVR, diversity, semantic), which is the
-# registration order above; ``reward_fns.config`` validates ``relate.weights`` against it.
-COMPONENTS: tuple[str, ...] = tuple(REWARD_COMPONENT_REGISTRY)
+# The component names in the paper's order (sec. 3.3), declared in ``reward_fns.config`` (which validates
+# ``relate.weights`` and must not import this module: this module imports it). The registrations above
+# are exactly those names in that order, checked here once at import, so the two cannot drift apart.
+if tuple(REWARD_COMPONENT_REGISTRY) != _config_components:
+    raise RuntimeError(f"reward_fns.compose registers {tuple(REWARD_COMPONENT_REGISTRY)}, but reward_fns.config "
+                       f"declares COMPONENTS = {_config_components}: register and declare the same names, in order")
+COMPONENTS: tuple[str, ...] = _config_components
 
 
 # ---- per sample ---------------------------------------------------------------------------------

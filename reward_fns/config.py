@@ -30,19 +30,17 @@ TOKEN_LEVEL_CAPABLE = ("diversity", "risk_blacklist")
 FIELDS = ("title", "description")
 
 
+# The reward component names, in the order the paper introduces them (sec. 3.3): declared once here,
+# at the bottom layer that validates ``relate.weights``; reward_fns.compose registers exactly these, in
+# this order, or fails at import (so its registry and this list cannot disagree, and this module needs
+# no import of compose: compose imports it).
+COMPONENTS: tuple[str, ...] = ("length", "format", "ctcvr", "diversity", "relevance", "correctness",
+                               "risk_blacklist", "risk_judge")
+
+
 def components() -> tuple[str, ...]:
-    """The reward component names, in the paper's order (sec. 3.3): ``reward_fns.compose.COMPONENTS``,
-    derived from its registry. Imported here at call time because compose imports this module."""
-    from reward_fns.compose import COMPONENTS
-
+    """:data:`COMPONENTS`."""
     return COMPONENTS
-
-
-def __getattr__(name: str) -> Any:
-    """``reward_fns.config.COMPONENTS`` (see :func:`components`), resolved on first use."""
-    if name == "COMPONENTS":
-        return components()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):

@@ -4,6 +4,7 @@ encoder, verl reward-loop inputs, the run scripts' environment."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -126,3 +127,49 @@ def script_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (*SCRIPT_ENV, *JUDGE_ENV)}
     env.update(PYTHON=sys.executable, DRY_RUN="1", HF_HUB_OFFLINE="1", **extra)
     return env
+
+
+def import_graph(packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """{dotted module: the modules of ``packages`` it imports}, read from the sources with ``ast``: every
+    import statement, function bodies and TYPE_CHECKING blocks included (a lazy import hides a cycle, it
+    does not remove it); ``from pkg import sub`` counts as importing the submodule when there is one."""
+    files = {}
+    for pkg in packages:
+        for path in sorted((REPO / pkg).glob("*.py")):
+            files[pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"] = path
+    graph = {}
+    for name, path in files.items():
+        package = name if path.stem == "__init__" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level <= 1:
+                base = ".".join(x for x in ((package if node.level else ""), node.module or "") if x)
+                found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names)
+        graph[name] = (found & set(files)) - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as [a, b, ..., a], or None (depth-first search with colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+

@@ -7,61 +7,16 @@ the lazy imports inside functions too (a lazy import hides a cycle, it does not 
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from tests.fixtures import REPO as ROOT
+from tests.fixtures import find_cycle
+from tests.fixtures import import_graph as package_import_graph
 
 PACKAGES = ("ctcvr_model", "data_prep", "relate_common")  # relate_common: a cycle could pass through it
 
 
-def module_files() -> dict[str, Path]:
-    """Dotted module name -> source file, for every module of ``PACKAGES``."""
-    out = {}
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).glob("*.py")):
-            out[pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"] = path
-    return out
-
-
-def imported_modules(path: Path, known: set[str]) -> set[str]:
-    """The modules of ``known`` that ``path`` imports anywhere in its body."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from pkg import sub` imports the submodule when there is one, else pkg itself
-            found.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                         for a in node.names)
-    return found & known
-
-
 def import_graph() -> dict[str, set[str]]:
-    files = module_files()
-    return {name: imported_modules(path, set(files)) - {name} for name, path in files.items()}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One cycle as a list of modules (first == last), or None; depth-first search with colours."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        path.pop()
-        state[node] = 2
-        return None
-
-    for start in sorted(graph):
-        if start not in state and (cycle := visit(start)):
-            return cycle
-    return None
+    return package_import_graph(PACKAGES)
 
 
 def test_finder_sees_a_cycle():

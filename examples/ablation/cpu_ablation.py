@@ -287,13 +287,8 @@ def write_figure3(budget: AblationBudget, layout: AblationLayout, jobs: dict[str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m examples.ablation.cpu_ablation",
-        description="Paper Table 3 and Figure 3 at testbed scale: the five Table 2 presets (model1..model4, relate) "
-        "trained from the same SFT'd testbed through verl's own loop on the CPU backend, for several seeds, then "
-        "greedy generation on the held-out prompts and one evaluation of all of them (mean over seeds, seed range, "
-        "95%% bootstrap interval; the paper's findings as verdicts). Reruns skip finished stages; an interrupted "
-        "run resumes from its last checkpoint. Full description: the module docstring.")
+    p = argparse.ArgumentParser(prog="python -m examples.ablation.cpu_ablation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", type=Path, default=None,
                    help=f"where the runs, tables and plot go (default: {DEFAULT_OUTPUT}; with --smoke "
                         "outputs/ablation-smoke)")

@@ -6,11 +6,8 @@ bodies included), so a cycle hidden behind a lazy import is caught as well.
 
 from __future__ import annotations
 
-import ast
 
-from tests.fixtures import REPO as REPO_ROOT
-
-PKG = REPO_ROOT / "reward_fns"
+from tests.fixtures import find_cycle, import_graph
 
 # reward_fns.credit's steps (normalise -> eligibility -> n-gram statistics -> spans -> token
 # mask), with the modules they stand on: each may import only those before it.
@@ -21,50 +18,9 @@ CREDIT_PATH = [
 
 def reward_fns_imports() -> dict[str, set[str]]:
     """{module: reward_fns modules it imports} for every reward_fns/*.py but the package's __init__."""
-    modules = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
-    graph: dict[str, set[str]] = {}
-    for name in sorted(modules):
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse((PKG / f"{name}.py").read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level <= 1:
-                # ``from reward_fns import text`` names a module; ``from reward_fns.text import x`` the
-                # module (``from . import text`` / ``from .text import x`` read the same)
-                pkg = "reward_fns" if node.level else ""
-                mod = ".".join(x for x in (pkg, node.module) if x)
-                targets = [f"{mod}.{a.name}" for a in node.names] + [mod]
-            else:
-                continue
-            for t in targets:
-                parts = t.split(".")
-                if parts[0] == "reward_fns" and len(parts) > 1 and parts[1] in modules and parts[1] != name:
-                    deps.add(parts[1])
-        graph[name] = deps
-    return graph
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One cycle of ``graph`` as [a, b, ..., a], or None."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(m: str) -> list[str] | None:
-        state[m] = 1
-        path.append(m)
-        for d in sorted(graph.get(m, ())):
-            if state.get(d) == 1:
-                return path[path.index(d) :] + [d]
-            if d not in state and (found := visit(d)):
-                return found
-        path.pop()
-        state[m] = 2
-        return None
-
-    for m in sorted(graph):
-        if m not in state and (found := visit(m)):
-            return found
-    return None
+    graph = import_graph(("reward_fns",))
+    short = {name: name.partition(".")[2] for name in graph if name != "reward_fns"}
+    return {short[name]: {short[d] for d in deps if d in short} for name, deps in graph.items() if name in short}
 
 
 def test_no_import_cycle_among_reward_fns_modules():
