@@ -448,14 +448,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    budget = resolve_budget(args)
-    print(f"[demo] {'smoke' if args.smoke else 'full'} budget: {budget}", flush=True)
-    cache = resolve_embedding_cache(args.embedding_cache)
-    stages = build_stages(args.output_dir, args.records, budget, args.seed, cache)
+@dataclass(frozen=True)
+class DemoRun:
+    """One invocation of the demo: its budget, folder, records and seed."""
+
+    budget: Budget = FULL
+    output_dir: Path = DEFAULT_OUTPUT
+    records: Path = SAMPLE_RECORDS
+    seed: int = 0
+    embedding_cache: Path | None = None  # the CTCVR scorer's embedding cache (None: none)
+    force: bool = False  # rerun every stage
+
+
+def run(job: DemoRun) -> int:
+    """Every stage not up to date, then the list of outputs; 130 on Ctrl-C."""
+    stages = build_stages(job.output_dir, job.records, job.budget, job.seed, job.embedding_cache)
     try:
-        run_stages(stages, args.output_dir, force=args.force)
+        run_stages(stages, job.output_dir, force=job.force)
     except KeyboardInterrupt:
         print("[demo] interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
@@ -463,8 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages:
         for path in stage.outputs:
             print(f"  {stage.name:<16} {path}")
-    print(f"\nreport: {Layout(args.output_dir).report_md}")
+    print(f"\nreport: {Layout(job.output_dir).report_md}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    budget = resolve_budget(args)
+    print(f"[demo] {'smoke' if args.smoke else 'full'} budget: {budget}", flush=True)
+    return run(DemoRun(budget=budget, output_dir=args.output_dir, records=args.records, seed=args.seed,
+                       embedding_cache=resolve_embedding_cache(args.embedding_cache), force=args.force))
 
 
 if __name__ == "__main__":

@@ -325,17 +325,28 @@ def resolve(args: argparse.Namespace) -> tuple[AblationBudget, Path, Path]:
     return budget, out, base
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    budget, out, base = resolve(args)
+@dataclass(frozen=True)
+class AblationRun:
+    """One invocation: the budget, where it writes, the starting point's folder and inputs."""
+
+    budget: AblationBudget = DEFAULT
+    output_dir: Path = DEFAULT_OUTPUT
+    base_dir: Path = demo.DEFAULT_OUTPUT
+    records: Path = SAMPLE_RECORDS
+    embedding_cache: Path | None = None  # the CTCVR scorer's embedding cache (None: none)
+    force: bool = False  # rerun every ablation stage (not the starting point)
+
+
+def run(job: AblationRun) -> int:
+    """The starting point's stages, then the runs, generations, Table 3 and Figure 3; 130 on Ctrl-C."""
+    budget, out, base = job.budget, job.output_dir, job.base_dir
     print(f"[ablation] steps {budget.steps}, seeds {list(budget.seeds)}, {budget.runs_at_once} run(s) at once, "
           f"output {out}, starting point {base}", flush=True)
-    cache = demo.resolve_embedding_cache(args.embedding_cache)
     try:
         print("[ablation] the starting point (the demo's stages up to SFT):", flush=True)
-        run_stages(base_stages(budget, base, args.records, cache), base)
+        run_stages(base_stages(budget, base, job.records, job.embedding_cache), base)
         print("[ablation] the runs, generations, Table 3 and Figure 3:", flush=True)
-        run_stages(ablation_stages(budget, base, out), out, force=args.force, at_once=budget.runs_at_once)
+        run_stages(ablation_stages(budget, base, out), out, force=job.force, at_once=budget.runs_at_once)
     except KeyboardInterrupt:
         print("[ablation] interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
@@ -345,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     for f in summary["findings"]:
         print(f"  {f['verdict']:<26} {f['claim']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    budget, out, base = resolve(args)
+    return run(AblationRun(budget=budget, output_dir=out, base_dir=base, records=args.records,
+                           embedding_cache=demo.resolve_embedding_cache(args.embedding_cache), force=args.force))
 
 
 if __name__ == "__main__":
