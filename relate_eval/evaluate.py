@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from relate_eval.render import render_markdown
+from relate_eval.render import render_markdown, scored_rows
 from relate_common.ad_format import parse_ad
 from relate_common.jsonio import jsonable, write_json, write_jsonl
 from relate_common.records import AdRecord, RecordError
@@ -354,20 +354,6 @@ def parse_runs(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[li
     if baseline is not None and baseline not in names:
         p.error(f"--baseline-run {baseline!r} is not a run (runs: {names})")
     return runs, baseline
-
-
-def scored_rows(es: EvalSet) -> list[dict[str, Any]]:
-    """Per-text scores of one run (for inspection; not a reward_fns.score output)."""
-    rows = []
-    for i, (rec, raw, s) in enumerate(zip(es.records, es.ads.raws, es.scores.responses)):
-        rows.append({"row": i + 1, "id": rec.id, "sample": raw.get("sample"), "group_id": es.ads.groups[i],
-                     "language": rec.language, "query": rec.query, "response": es.responses[i],
-                     "format_ok": s.parsed.ok, "compliant": s.compliant,
-                     "diversity_score": s.diversity_score, "components": s.values(),
-                     "sentence_reward": s.sentence_reward, "predicted_ctcvr": float(es.predicted[i]),
-                     "simulated_ctcvr": float(es.truth_ctcvr[i]), "simulated_p_click": float(es.truth_click[i]),
-                     "simulated_p_cvr": float(es.truth_cvr[i]), "format_problems": s.parsed.problems})
-    return rows
 
 
 class EvaluationError(ValueError):

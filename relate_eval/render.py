@@ -1,5 +1,6 @@
-"""The evaluation report as markdown: Tables 1 and 3 with 95% intervals, predicted vs simulated lift,
-the notes of each run (what ``python -m relate_eval.evaluate`` writes as evaluation.md)."""
+"""What an evaluation writes besides its JSON: the report as markdown (Tables 1 and 3 with 95% intervals,
+predicted vs simulated lift, the notes of each run: evaluation.md) and each run's per-text scores
+(scored_<run>.jsonl)."""
 
 from __future__ import annotations
 
@@ -107,3 +108,18 @@ def render_markdown(result: dict[str, Any]) -> str:
         for note in run["notes"]:
             lines.append(f"  - note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def scored_rows(es: Any) -> list[dict[str, Any]]:
+    """Per-text scores of one run, a scored ``relate_eval.evaluate.EvalSet`` (for inspection; not a
+    reward_fns.score output)."""
+    rows = []
+    for i, (rec, raw, s) in enumerate(zip(es.records, es.ads.raws, es.scores.responses)):
+        rows.append({"row": i + 1, "id": rec.id, "sample": raw.get("sample"), "group_id": es.ads.groups[i],
+                     "language": rec.language, "query": rec.query, "response": es.responses[i],
+                     "format_ok": s.parsed.ok, "compliant": s.compliant,
+                     "diversity_score": s.diversity_score, "components": s.values(),
+                     "sentence_reward": s.sentence_reward, "predicted_ctcvr": float(es.predicted[i]),
+                     "simulated_ctcvr": float(es.truth_ctcvr[i]), "simulated_p_click": float(es.truth_click[i]),
+                     "simulated_p_cvr": float(es.truth_cvr[i]), "format_problems": s.parsed.problems})
+    return rows

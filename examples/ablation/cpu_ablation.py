@@ -20,7 +20,7 @@ Stages, each skipped when its outputs are up to date (``examples/stages.py``, th
    samples are not draw-for-draw the same: the CPU rollout batches verl's concurrent requests as
    they arrive. ``relate.log_components=all`` logs every reward component of every
    preset (the reward itself is the preset's), so Figure 3 shows what Model 1 is not rewarded for.
-   Runs go seed by seed, so a first seed is complete before the second starts.
+   Runs start seed by seed, two at a time (``--runs-at-once``), so a first seed is complete before a second one is much under way.
 3. ``generate-*``: greedy ads on the held-out (val) prompts by the SFT policy and by each run's
    final policy (``relate_eval.generate``, the demo's generation budget).
 4. ``table3``: one scoring of every generation (``relate_eval.evaluate.score_runs``: every
@@ -198,7 +198,8 @@ def write_table3(budget: AblationBudget, base: demo.Layout, layout: AblationLayo
     """Score every generation once, aggregate over seeds, write table3.md / table3.json."""
     import numpy as np
 
-    from relate_eval.evaluate import EvaluationError, per_text_values, record_index, score_runs, scored_rows
+    from relate_eval.evaluate import EvaluationError, per_text_values, record_index, score_runs
+    from relate_eval.render import scored_rows
     from relate_common.jsonio import jsonable, write_json, write_jsonl, write_text_atomic
 
     names = [START, *run_names]

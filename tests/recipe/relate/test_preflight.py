@@ -493,7 +493,7 @@ def test_judge_variables_set_here_must_be_forwarded(paper, monkeypatch):
     assert masked_config(config).ray_kwargs.ray_init.runtime_env.env_vars.RELATE_JUDGE_API_KEY == "***"
     assert SECRET not in OmegaConf.to_yaml(masked_config(config)) and SECRET not in dry_run_report(config)
     # Names come from relate.judge.*_env.
-    renamed = paper("+relate.judge.api_key_env=MY_JUDGE_KEY")
+    renamed = paper("relate.judge.api_key_env=MY_JUDGE_KEY")  # every relate: key exists now (relate_defaults): no +
     assert [p.key for p in check_judge_env(renamed, {"MY_JUDGE_KEY": "x"})] == \
         ["ray_kwargs.ray_init.runtime_env.env_vars.MY_JUDGE_KEY"]
 
