@@ -38,11 +38,6 @@ COMPONENTS: tuple[str, ...] = ("length", "format", "ctcvr", "diversity", "releva
                                "risk_blacklist", "risk_judge")
 
 
-def components() -> tuple[str, ...]:
-    """:data:`COMPONENTS`."""
-    return COMPONENTS
-
-
 class ConfigError(ValueError):
     """A config value or key that cannot be used; the message names the dotted key."""
 
@@ -271,11 +266,11 @@ class RewardConfig:
     # ---- queries --------------------------------------------------------------------------
     def sentence_components(self) -> list[str]:
         """Components summed into the sentence reward (weighted, not routed to token level)."""
-        return [c for c in components() if c in self.weights and c not in self.token_level]
+        return [c for c in COMPONENTS if c in self.weights and c not in self.token_level]
 
     def active_components(self) -> list[str]:
         """Components this preset needs computed (sentence- or token-level)."""
-        return [c for c in components() if c in self.weights]
+        return [c for c in COMPONENTS if c in self.weights]
 
     def is_token_level(self, component: str) -> bool:
         return component in self.token_level
@@ -329,7 +324,7 @@ class RewardConfig:
     # ---- validation ---------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise :class:`ConfigError` on any value that would make a reward meaningless."""
-        known = components()
+        known = COMPONENTS
         for name, w in self.weights.items():
             if name not in known:
                 raise ConfigError(f"relate.weights.{name}: unknown component (known: {', '.join(known)})")

@@ -129,8 +129,6 @@ def ablation_job(budget: AblationBudget, base: demo.Layout, layout: AblationLayo
     job = demo.relate_job(rl_budget(budget), base, preset=preset, run_dir=layout.run_dir(run_name(preset, seed)),
                           extra=(f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}",
                                  "relate.log_components=all"))
-    if budget.runs_at_once == 1:
-        return job
     return dataclasses.replace(job, threads=threads_per_process(budget.runs_at_once))
 
 
