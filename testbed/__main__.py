@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=d.seed, help="corpus, weights and batch order")
     b.add_argument("--steps", type=int, default=d.pretrain.steps, help="pre-training steps")
     b.add_argument("--recombined", type=int, default=d.pretrain.recombined_records,
-                   help="recombined records in the corpus (nine ads each)")
+                   help="made-up records in the corpus (one ad per simulator variant each; testbed.corpus)")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     q = sub.add_parser("probe", help="format-valid and fact-copying shares of a policy's ads on an RL parquet",
@@ -85,9 +85,12 @@ def run_build(run: BuildRun) -> int:
     c, t = report["corpus"], report["timings"]
     print(f"testbed: {report['parameters']:,} parameters, vocabulary {report['vocab_size']}; corpus {c['pairs']} pairs "
           f"({c['records']} records), prompt {c['mean_prompt_tokens']:.0f} / ad {c['mean_ad_tokens']:.0f} tokens mean, "
-          f"{c['dropped_over_max_length']} pairs over {config.pretrain.max_length} tokens left out")
+          f"{c['dropped_over_max_length']} pairs over {config.pretrain.max_length} tokens left out; "
+          f"{c['copied_ad_token_share']:.1%} of ad tokens copy the prompt")
     print(f"loss {report['loss_first']:.3f} -> {report['loss_last_50']:.3f} (mean of the last 50 steps); corpus "
           f"{t['corpus_s']:.1f} s, tokenizer {t['tokenizer_s']:.1f} s, pre-training {t['pretrain_s']:.1f} s")
+    print("copy supervision (mean of the last 50 steps): " + ", ".join(
+        f"{k.replace('_', ' ')} {v:.3f}" for k, v in report["copy_losses_last_50"].items()))
     print(f"wrote {run.output}")
     return 0
 

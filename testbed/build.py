@@ -38,7 +38,8 @@ def build_testbed(records: Sequence[AdRecord], output: Path, config: TestbedConf
     timings: dict[str, float] = {}
     t = time.perf_counter()
     pairs = build_corpus(records, recombined=config.pretrain.recombined_records, seed=config.seed,
-                         prompt_style=config.prompt_style)
+                         prompt_style=config.prompt_style, invented_share=config.pretrain.invented_share,
+                         left_out_variants=config.pretrain.left_out_variants)
     timings["corpus_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -69,9 +70,13 @@ def build_testbed(records: Sequence[AdRecord], output: Path, config: TestbedConf
             "by_language": dict(sorted(Counter(p.language for p in pairs).items())),
             "mean_prompt_tokens": statistics.fmean(len(e.prompt_ids) for e in encoded),
             "mean_ad_tokens": statistics.fmean(len(e.response_ids) for e in encoded),
+            "copied_ad_token_share": sum(len(e.copies) for e in encoded) / sum(len(e.response_ids) for e in encoded),
         },
         "loss_first": curve[0]["loss"], "loss_last_50": statistics.fmean(r["loss"] for r in curve[-50:]),
-        "curve": [{"step": r["step"], "loss": r["loss"]} for r in curve],
+        "copy_losses_last_50": {k: statistics.fmean(r[k] for r in curve[-50:])
+                                for k in ("previous_token_loss", "copy_attention_loss", "copy_value_loss")},
+        "curve": [{k: r[k] for k in ("step", "loss", "previous_token_loss", "copy_attention_loss", "copy_value_loss")}
+                  for r in curve],
         "timings": timings,
     }
     tmp = output.with_name(output.name + f".tmp{os.getpid()}")

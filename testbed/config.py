@@ -27,6 +27,9 @@ class ModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 1024
+    # Rotary base. At Llama's 10,000 only a few of a 32-wide head's rotary pairs turn slowly enough to
+    # match a token by content 30-150 positions back (an ad copying its prompt); at 1e6 about half do.
+    rope_theta: float = 1e6
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class PretrainConfig:
     """Corpus pre-training (``testbed.pretrain``): next-token loss on the ad tokens only."""
 
     recombined_records: int = 3000  # recombined records in the corpus (x9 ad variants each; module testbed.corpus)
+    invented_share: float = 0.5  # share of the recombined records whose facts are invented word strings
+    # Simulator variants left out of the corpus. "overlong" pads a description with one filler sentence
+    # repeated four times: a lesson in repeating, and a copying model's failures are repetition loops
+    # (testbed/README.md has both builds' figures).
+    left_out_variants: tuple[str, ...] = ("overlong",)
     steps: int = 1000  # optimiser steps (~0.27 s each on 2 cores at the default sizes)
     batch_size: int = 16  # sequences per step
     lr: float = 4e-3  # AdamW peak learning rate (linear warm-up, cosine decay to 10%)
@@ -41,6 +49,12 @@ class PretrainConfig:
     weight_decay: float = 0.01
     max_length: int = 384  # prompt + ad tokens; longer pairs are dropped and counted
     threads: int | None = None  # torch intra-op threads (None: torch's default, every core)
+    # Copy supervision (module testbed.pretrain): auxiliary losses that build a copy circuit, which
+    # the next-token loss alone does not build within this budget (testbed/README.md has the runs).
+    previous_token_weight: float = 1.0  # layer 0, head 0: attend to the previous token
+    copy_attention_weight: float = 1.0  # last layer, head 0: attend to the prompt token the ad copies next
+    copy_value_weight: float = 1.0  # that head's value, read through the LM head, is the token it looks at
+    copy_value_share: float = 0.25  # share of positions drawn each step for the value loss (cost)
 
 
 @dataclass(frozen=True)

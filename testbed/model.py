@@ -10,8 +10,8 @@ from testbed.corpus import CorpusPair
 
 # ChatML's special tokens: the RL and SFT sets are chat conversations, and verl's rollout ends a
 # response on the tokenizer's EOS, which must be the chat template's end of turn.
-PAD_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_end|>"
-SPECIAL_TOKENS = (PAD_TOKEN, "<|im_start|>", EOS_TOKEN)
+PAD_TOKEN, TURN_START, EOS_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (PAD_TOKEN, TURN_START, EOS_TOKEN)
 CHAT_ROLES = ("system", "user", "assistant")
 # Plain ChatML. For a conversation that opens with a system turn (every prompt of data_prep.prompts)
 # it renders exactly as SmolLM2-135M-Instruct's template does (tests/testbed/test_testbed.py checks), so the
@@ -58,5 +58,6 @@ def init_model(tokenizer: Any, config: ModelConfig, seed: int) -> Any:
                         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
                         num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
                         max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=True,
+                        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(llama)

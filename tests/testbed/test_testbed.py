@@ -17,7 +17,7 @@ from data_prep.prompts import build_messages
 from relate_common.ad_format import parse_ad
 from relate_common.records import AdRecord, load_records
 from testbed.config import PretrainConfig, TokenizerConfig
-from testbed.corpus import build_corpus, recombined_records, train_records
+from testbed.corpus import build_corpus, fact_units, invented_records, recombined_records, train_records
 from testbed.model import CHATML_TEMPLATE, train_tokenizer
 from testbed.pretrain import EncodedPair, collate, lr_at
 from testbed.probe import copies_prompt_fact, probe_rows
@@ -68,6 +68,37 @@ def test_recombined_ads_carry_facts_found_only_in_their_prompt(records):
     best = [p for p in pairs if p.record_id in by_id and p.variant == "best_practice"]
     assert len(best) == 60
     assert all(copies_prompt_fact(by_id[p.record_id], p.ad) for p in best)
+
+
+def test_invented_facts_are_new_phrases_of_their_languages_own_units(records):
+    """Invented facts are strings of the train records' own words (en) or characters (zh), in the unit
+    counts the docstring gives, new as phrases; the corpus holds the share asked for."""
+    train = train_records(records, DatasetConfig())
+    made = invented_records(train, 80, seed=0)
+    assert made == invented_records(train, 80, seed=0) and made != invented_records(train, 80, seed=1)
+    assert {r.language for r in made} == {"en", "zh"}
+    known = {t for r in train for t in (r.bidword, *r.selling_points)}
+    for r in made:
+        units = set(fact_units([t for t in train if t.language == r.language], r.language))
+        assert 2 <= len(r.selling_points) <= 4 and r.query in {t.query for t in train if t.language == r.language}
+        for fact, (low, high) in ((r.bidword, (1, 3)), *((p, (2, 5)) for p in r.selling_points)):
+            parts = list(fact) if r.language == "zh" else fact.split(" ")
+            extra = 1 if r.language == "zh" else 0
+            assert set(parts) <= units and low + extra <= len(parts) <= high + extra, fact
+    assert sum(r.bidword in known for r in made) <= 8  # a one-word bidword may happen to exist
+    pairs = build_corpus(records, recombined=40, invented_share=0.25, seed=0, prompt_style="compact")
+    assert sum(p.record_id.startswith("invented-") for p in pairs) == 9 * 10
+    assert sum(p.record_id.startswith("recombined-") for p in pairs) == 9 * 30
+    with pytest.raises(ValueError, match="invented_share"):
+        build_corpus(records, recombined=4, invented_share=1.5, seed=0, prompt_style="compact")
+
+
+def test_left_out_variants_never_reach_the_corpus(records):
+    pairs = build_corpus(records, recombined=10, seed=0, prompt_style="compact", left_out_variants=("overlong",))
+    names = {p.variant for p in pairs}
+    assert "overlong" not in names and len(names) == 8
+    with pytest.raises(ValueError, match="unknown simulator variants"):
+        build_corpus(records, recombined=1, seed=0, prompt_style="compact", left_out_variants=("overlng",))
 
 
 def test_chatml_template_renders_prompts_as_smollm2_does(tokenizer, records):
@@ -150,7 +181,8 @@ def test_build_writes_a_loadable_model_whose_loss_fell(tiny_testbed):
 
     report = json.loads((tiny_testbed / "testbed.json").read_text())
     assert "not a model to deploy" in report["name"]
-    assert report["corpus"]["pairs"] == 9 * (report["corpus"]["records"])
+    variants = 9 - len(report["config"]["pretrain"]["left_out_variants"])
+    assert report["corpus"]["pairs"] == variants * report["corpus"]["records"]
     losses = [row["loss"] for row in report["curve"]]
     assert len(losses) == 40 and sum(losses[-5:]) / 5 < losses[0] - 1.0
     model = AutoModelForCausalLM.from_pretrained(tiny_testbed)
