@@ -245,6 +245,17 @@ def test_each_budget_passes_the_preflight_of_the_relate_job(budget, tmp_path, pi
     assert "preflight passed" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("budget", ["FULL", "SMOLLM2", "SMOKE"])
+def test_the_sft_job_asks_verl_for_enough_epochs_to_run_every_step(budget, tmp_path):
+    """verl's SFT loop stops at total_epochs even when total_training_steps is not reached; one epoch
+    is at least one step, so epochs = steps lets the step budget decide (the CPU backend's default of 2
+    epochs once cut the demo's 54 SFT steps to 36)."""
+    b = getattr(demo, budget)
+    overrides = dict(o.split("=", 1) for o in demo.sft_job(b, demo.Layout(tmp_path), tmp_path / "m").overrides)
+    assert int(overrides["trainer.total_training_steps"]) == b.sft_steps
+    assert int(overrides["trainer.total_epochs"]) >= b.sft_steps
+
+
 def test_budget_overrides_are_validated():
     parse = demo.build_parser().parse_args
     assert demo.resolve_budget(parse(["--smoke", "--steps", "3"])) == demo.SMOKE.__class__(
