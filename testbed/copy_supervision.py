@@ -86,9 +86,12 @@ class CopyValue:
 
     def loss(self, input_ids: Any, positions: Any) -> Any:
         """Cross-entropy of head 0's value at ``positions`` ((B, T) bool), through its slice of
-        ``o_proj``, the final norm and the LM head, against the token at that position."""
+        ``o_proj``, the final norm and the LM head, against the token at that position (0, with no
+        gradient, when no position is chosen)."""
         import torch
 
+        if not positions.any():
+            return torch.zeros(())
         lo, hi = SUPERVISED_HEAD * self.head_dim, (SUPERVISED_HEAD + 1) * self.head_dim
         hidden = self.hidden[positions]  # (N, hidden)
         value = hidden @ self.attention.v_proj.weight[lo:hi].T  # (N, head_dim); Llama's v_proj has no bias

@@ -129,10 +129,12 @@ def pretrain(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: Pr
         batch = collate(chosen, pad_id)
         out = model(**batch, output_attentions=supervised)
         previous = copy_attention = copy_written = zero
-        if supervised:
+        if config.previous_token_weight:
             previous = previous_token_loss(out.attentions[0], batch["attention_mask"])
+        if config.copy_attention_weight:
             copy_attention = copy_attention_loss(out.attentions[-1], *copy_attention_targets(
                 [len(e.prompt_ids) for e in chosen], [len(e.response_ids) for e in chosen], [e.copies for e in chosen]))
+        if config.copy_value_weight:
             positions = batch["attention_mask"].bool()
             positions[:, 0] = False  # position 0 is the slot the copy head rests on: it writes nothing
             positions &= torch.rand(positions.shape, generator=draws) < config.copy_value_share

@@ -162,6 +162,7 @@ def test_copy_value_loss_trains_only_the_supervised_heads_slices():
     assert attention.v_proj.weight.grad[:hd].abs().sum() > 0 and attention.v_proj.weight.grad[hd:].abs().sum() == 0
     assert attention.o_proj.weight.grad[:, :hd].abs().sum() > 0 and attention.o_proj.weight.grad[:, hd:].abs().sum() == 0
     assert attention.q_proj.weight.grad is None
+    assert probe.loss(ids, torch.zeros(2, 7, dtype=torch.bool)).item() == 0.0  # nothing drawn: no NaN
     probe.remove()
     model(input_ids=ids[:1])
     assert probe.hidden.shape[0] == 2  # the hook is gone: the last batch it saw had two rows
