@@ -94,9 +94,9 @@ class Budget:
 # ~4 min, its verl SFT step takes ~0.7 s and its verl RL step of 8 prompts x G=4 about 3 s. RL at
 # lr 5e-4 (ours, for a 0.8M-parameter model): in the 50-step run of the README the batches' mean
 # sentence reward rose from 4.10 to 4.50 (means of the first and last 10 steps).
-# SFT: 54 steps of 16 = 3 epochs of the cold-start set (relate_sft.yaml's total_epochs) at lr 1e-3,
-# picked among three settings by the testbed probe on the val prompts (testbed/README.md): greedy
-# format-valid 73.5% at 5e-4, 79.4% at 5e-4 for 90 steps, 82.4% at 1e-3.
+# SFT: 54 steps of 16 (3 epochs of the cold-start set) at lr 1e-3, picked among three settings by the
+# testbed probe on the val prompts (testbed/README.md): greedy format-valid 73.5% after 36 steps at
+# 5e-4, 79.4% after 90 at 5e-4, 85.3% after 54 at 1e-3 (the README's run).
 FULL = Budget(impressions=10_000_000, scorer_epochs=None, policy="testbed", prompt_style="compact",
               testbed_steps=TestbedConfig().pretrain.steps, testbed_recombined=TestbedConfig().pretrain.recombined_records,
               sft_steps=54, sft_batch=16, sft_lr=1e-3, steps=50, prompts_per_step=8, group_size=4,

@@ -35,15 +35,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Corpus pre-training (``testbed.pretrain``): next-token loss on the ad tokens only."""
+    """Corpus pre-training (``testbed.pretrain``): next-token loss on the ad tokens plus copy supervision."""
 
-    recombined_records: int = 3000  # recombined records in the corpus (x9 ad variants each; module testbed.corpus)
-    invented_share: float = 0.5  # share of the recombined records whose facts are invented word strings
+    recombined_records: int = 3000  # made-up records in the corpus, one ad per simulator variant each (testbed.corpus)
+    invented_share: float = 0.5  # share of them with invented facts; the rest recombine real records' facts
     # Simulator variants left out of the corpus. "overlong" pads a description with one filler sentence
     # repeated four times: a lesson in repeating, and a copying model's failures are repetition loops
     # (testbed/README.md has both builds' figures).
     left_out_variants: tuple[str, ...] = ("overlong",)
-    steps: int = 1000  # optimiser steps (~0.27 s each on 2 cores at the default sizes)
+    steps: int = 1000  # optimiser steps (~0.21 s each on 2 cores at the default sizes)
     batch_size: int = 16  # sequences per step
     lr: float = 4e-3  # AdamW peak learning rate (linear warm-up, cosine decay to 10%)
     warmup_steps: int = 50

@@ -1,6 +1,6 @@
 """The testbed's pre-training corpus: (prompt, ad) pairs from the bundled records and the simulator's ads.
 
-A small model trained on the 288 train records alone memorises their ads and copies nothing from the
+A small model trained on the 286 train records alone memorises their ads and copies nothing from the
 prompt (a 0.8M-parameter prototype: 0 of 32 held-out ads held the record's bidword or a selling point).
 So the corpus also holds **recombined records**: one train record's query, another's bidword and selling
 points drawn from any train record of the language, their numbers redrawn. Their ads are the
