@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.config import TestbedConfig
+from testbed.copy_supervision import LOSS_NAMES
 from testbed.corpus import build_corpus
 from testbed.model import corpus_tokenizer, init_model
 from testbed.pretrain import encode_pairs, pretrain
@@ -73,10 +74,8 @@ def build_testbed(records: Sequence[AdRecord], output: Path, config: TestbedConf
             "copied_ad_token_share": sum(len(e.copies) for e in encoded) / sum(len(e.response_ids) for e in encoded),
         },
         "loss_first": curve[0]["loss"], "loss_last_50": statistics.fmean(r["loss"] for r in curve[-50:]),
-        "copy_losses_last_50": {k: statistics.fmean(r[k] for r in curve[-50:])
-                                for k in ("previous_token_loss", "copy_attention_loss", "copy_value_loss")},
-        "curve": [{k: r[k] for k in ("step", "loss", "previous_token_loss", "copy_attention_loss", "copy_value_loss")}
-                  for r in curve],
+        "copy_losses_last_50": {k: statistics.fmean(r[k] for r in curve[-50:]) for k in LOSS_NAMES},
+        "curve": [{k: r[k] for k in ("step", "loss", *LOSS_NAMES)} for r in curve],
         "timings": timings,
     }
     tmp = output.with_name(output.name + f".tmp{os.getpid()}")

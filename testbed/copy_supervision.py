@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 SUPERVISED_HEAD = 0
+# The per-step metrics of the three losses (testbed.pretrain's rows, testbed.build's report).
+LOSS_NAMES = ("previous_token_loss", "copy_attention_loss", "copy_value_loss")
 
 
 def previous_token_loss(attention: Any, attention_mask: Any) -> Any:

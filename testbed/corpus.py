@@ -58,6 +58,16 @@ def fresh_numbers(text: str, rng: random.Random) -> str:
                                                    10 ** len(m.group()) - 1)), text, flags=re.ASCII)
 
 
+def records_by_language(records: Sequence[AdRecord], caller: str) -> dict[str, list[AdRecord]]:
+    """``records`` grouped by language, languages in sorted order (the order made-up records draw them in)."""
+    if not records:
+        raise ValueError(f"{caller} needs at least one record")
+    groups: dict[str, list[AdRecord]] = defaultdict(list)
+    for r in records:
+        groups[r.language].append(r)
+    return dict(sorted(groups.items()))
+
+
 def recombined_records(records: Sequence[AdRecord], n: int, seed: int,
                        points_range: tuple[int, int] = (2, 4)) -> list[AdRecord]:
     """``n`` new records of one language each: the query of one random record, the bidword of another,
@@ -66,13 +76,9 @@ def recombined_records(records: Sequence[AdRecord], n: int, seed: int,
     predicted from the query, so their ads can only be written by copying the prompt.
 
     Deterministic for ``seed``; ids are ``recombined-<seed>-<k>``."""
-    if not records:
-        raise ValueError("recombined_records needs at least one record")
+    by_language = records_by_language(records, "recombined_records")
     rng = random.Random(seed)
-    by_language: dict[str, list[AdRecord]] = defaultdict(list)
-    for r in records:
-        by_language[r.language].append(r)
-    languages = sorted(by_language)
+    languages = list(by_language)
     pools = {lang: sorted({p for r in by_language[lang] for p in r.selling_points}) for lang in languages}
     out = []
     for k in range(n):
@@ -102,13 +108,9 @@ def invented_records(records: Sequence[AdRecord], n: int, seed: int,
     a Chinese word has more characters than an English phrase has words).
 
     Deterministic for ``seed``; ids are ``invented-<seed>-<k>``."""
-    if not records:
-        raise ValueError("invented_records needs at least one record")
+    by_language = records_by_language(records, "invented_records")
     rng = random.Random(seed + 1)  # not seed: the recombined records draw from random.Random(seed)
-    by_language: dict[str, list[AdRecord]] = defaultdict(list)
-    for r in records:
-        by_language[r.language].append(r)
-    languages = sorted(by_language)
+    languages = list(by_language)
     units = {lang: fact_units(by_language[lang], lang) for lang in languages}
     if empty := [lang for lang in languages if not units[lang]]:
         raise ValueError(f"no words to invent facts from in the {', '.join(empty)} records")

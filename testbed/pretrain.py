@@ -98,7 +98,8 @@ def pretrain(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: Pr
     ``testbed.copy_supervision`` (0 when their weight is), ``lr``, ``seconds``)."""
     import torch
 
-    from testbed.copy_supervision import CopyValue, copy_attention_loss, copy_attention_targets, previous_token_loss
+    from testbed.copy_supervision import (LOSS_NAMES, CopyValue, copy_attention_loss, copy_attention_targets,
+                                          previous_token_loss)
 
     if len(encoded) < config.batch_size:
         raise ValueError(f"the corpus has {len(encoded)} pairs, fewer than one batch of {config.batch_size}")
@@ -145,9 +146,9 @@ def pretrain(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: Pr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        row = {"step": step + 1, "loss": out.loss.item(), "previous_token_loss": previous.item(),
-               "copy_attention_loss": copy_attention.item(), "copy_value_loss": copy_written.item(), "lr": lr,
-               "seconds": time.perf_counter() - t0}
+        row = {"step": step + 1, "loss": out.loss.item(),
+               **{name: value.item() for name, value in zip(LOSS_NAMES, (previous, copy_attention, copy_written))},
+               "lr": lr, "seconds": time.perf_counter() - t0}
         rows.append(row)
         if log is not None:
             log(row)
